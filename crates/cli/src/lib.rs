@@ -1,0 +1,217 @@
+//! The `rswarm` command line, and the entry points of the three binaries.
+//!
+//! `rswarm` talks to the local daemon over its unix socket (or to a manager over mutual TLS with
+//! `--host tcp://…` and certificate files), as `docker` talks to dockerd. `rswarm init` and
+//! `rswarm join` create a node and then run its daemon in the foreground.
+
+pub mod client;
+pub mod commands;
+pub mod output;
+pub mod shell;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::shell::LogFormat;
+
+/// Where daemons keep state and listen locally unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rswarm";
+pub const DEFAULT_SOCKET: &str = "/run/rswarm/rswarm.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rswarm",
+    version,
+    about = "A Swarm-like container cluster",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How the CLI reaches a daemon.
+#[derive(Clone, Debug, Args)]
+pub struct Global {
+    /// Daemon to talk to: unix:///path/to.sock or tcp://HOST:PORT (a manager, with --tls* files).
+    #[arg(short = 'H', long, global = true, env = "RSWARM_HOST", default_value = concat!("unix://", "/run/rswarm/rswarm.sock"))]
+    pub host: String,
+    /// CA certificate to verify a tcp:// manager against (a node's certs/ca.pem).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate for tcp:// (a manager node's certs/node.pem).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key for tcp:// (a manager node's certs/node-key.pem).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a cluster with this node as its manager, and run the manager.
+    Init(InitArgs),
+    /// Join a cluster as a worker, and run the agent.
+    Join(JoinArgs),
+    /// Show (or rotate) the join token for workers or managers.
+    #[command(name = "join-token")]
+    JoinToken {
+        /// worker or manager
+        role: String,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the token; the old one stops working for new joins.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show this node's cluster membership.
+    Info {
+        /// json for machine-readable output.
+        #[arg(short, long)]
+        format: Option<String>,
+    },
+    /// Leave the cluster: stop this node's daemon and erase its state.
+    Leave {
+        /// Leave even as the last manager (destroys the cluster state).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show the client and daemon versions.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// json for machine-readable output.
+        #[arg(short, long)]
+        format: Option<String>,
+        /// Only display IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Display detailed information on one or more nodes (JSON unless --pretty).
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// json (the default).
+        #[arg(short, long)]
+        format: Option<String>,
+        /// Human-friendly output.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Update a node.
+    Update {
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or update a node label (key=value).
+        #[arg(long = "label-add", value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a node label if it exists.
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Remove one or more nodes from the cluster.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node even if it is not down.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+/// Flags every daemon takes.
+#[derive(Clone, Debug, Args)]
+pub struct DaemonArgs {
+    /// Where the node keeps its identity, certificates and (managers) the raft store.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The root-only unix socket the CLI reaches this daemon at.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InitArgs {
+    /// Address other nodes reach this manager at: IP or IP:PORT.
+    #[arg(long)]
+    pub advertise_addr: String,
+    /// Address the manager's gRPC listener binds.
+    #[arg(long, default_value = "0.0.0.0:4242")]
+    pub listen_addr: std::net::SocketAddr,
+    /// Name of this node (default: the machine's hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Agents' heartbeat period; a node is Down after 3 missed beats.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub dispatcher_heartbeat: std::time::Duration,
+    /// Lifetime of node certificates (renewed at 50-80 % of it).
+    #[arg(long, default_value = "2160h", value_parser = humantime::parse_duration)]
+    pub cert_expiry: std::time::Duration,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct JoinArgs {
+    /// The join token (`rswarm join-token worker` on a manager).
+    #[arg(long)]
+    pub token: String,
+    /// Address other nodes reach this node at (default: the source address towards the manager).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Name of this node (default: the machine's hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// How long to wait for the manager.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// A manager's address, HOST[:PORT].
+    pub manager: String,
+}
+
+/// `rswarm-manager` and `rswarm-agent`.
+#[derive(Debug, Parser)]
+#[command(version, about = "Resume an rswarm node from its state dir")]
+pub struct DaemonCli {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `main` of `rswarm`.
+pub fn main_rswarm() -> ExitCode {
+    let cli = Cli::parse();
+    commands::run(cli)
+}
+
+/// `main` of `rswarm-manager`.
+pub fn main_manager() -> ExitCode {
+    let args = DaemonCli::parse();
+    commands::resume(args.daemon, true)
+}
+
+/// `main` of `rswarm-agent`.
+pub fn main_agent() -> ExitCode {
+    let args = DaemonCli::parse();
+    commands::resume(args.daemon, false)
+}

@@ -1,0 +1,337 @@
+//! The control API: nodes, join tokens, cluster info. Managers only (see [`crate::auth`]).
+
+use rswarm_api::control::v1 as pb;
+use rswarm_api::control::v1::control_server::Control;
+use rswarm_ca::JoinToken;
+use rswarm_store::{
+    Availability, BackendStatus, Cluster, Node, NodeRole, NodeStatus, StateMachine, Store,
+    StoreError, Txn,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::store_status;
+use crate::monitor::Monitor;
+use crate::{manager_addrs, rfc3339_ms};
+
+pub struct ControlService {
+    store: Store,
+    monitor: Monitor,
+}
+
+impl ControlService {
+    pub fn new(store: Store, monitor: Monitor) -> Self {
+        ControlService { store, monitor }
+    }
+}
+
+/// Finds a node by id, unique id prefix, or unique hostname.
+pub fn find_node<'a>(s: &'a StateMachine, key: &str) -> Result<&'a Node, Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument(
+            "a node id or hostname is required",
+        ));
+    }
+    if let Some(n) = s.get::<Node>(key) {
+        return Ok(n);
+    }
+    let by_prefix: Vec<&Node> = s.list::<Node>().filter(|n| n.id.starts_with(key)).collect();
+    let by_name: Vec<&Node> = s.list::<Node>().filter(|n| n.hostname == key).collect();
+    match (by_prefix.as_slice(), by_name.as_slice()) {
+        ([n], _) | ([], [n]) => Ok(n),
+        ([], []) => Err(Status::not_found(format!("node {key} not found"))),
+        _ => Err(Status::invalid_argument(format!(
+            "node {key} is ambiguous: more than one node matches; use a longer id prefix"
+        ))),
+    }
+}
+
+fn manager_status(node: &Node, raft: &BackendStatus) -> String {
+    if node.role() != NodeRole::Manager {
+        return String::new();
+    }
+    if raft.leader == Some(node.raft_id) {
+        "leader".into()
+    } else if node.status == NodeStatus::Ready {
+        "reachable".into()
+    } else {
+        "unreachable".into()
+    }
+}
+
+/// The API form of a node.
+pub fn node_to_pb(node: &Node, raft: &BackendStatus) -> pb::Node {
+    pb::Node {
+        id: node.id.clone(),
+        version: node.meta.version,
+        hostname: node.hostname.clone(),
+        role: node.role().as_str().into(),
+        availability: node.availability.as_str().into(),
+        labels: node.labels.clone().into_iter().collect(),
+        status: node.status.as_str().into(),
+        status_message: node.status_message.clone(),
+        addr: node.addr.clone(),
+        os: node.os.clone(),
+        arch: node.arch.clone(),
+        engine_version: node.engine_version.clone(),
+        manager_status: manager_status(node, raft),
+        created_at: rfc3339_ms(node.meta.created_at_ms),
+        updated_at: rfc3339_ms(node.meta.updated_at_ms),
+        cert_not_after: rfc3339_ms(node.cert_not_after.saturating_mul(1000)),
+    }
+}
+
+fn cluster(s: &StateMachine) -> Result<&Cluster, StoreError> {
+    s.get::<Cluster>(Cluster::ID)
+        .ok_or_else(|| StoreError::Invalid("the cluster is not initialised".into()))
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn list_nodes(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let raft = self.store.status();
+        let nodes = self
+            .store
+            .read(|s| s.list::<Node>().map(|n| node_to_pb(n, &raft)).collect());
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::GetNodeResponse>, Status> {
+        let raft = self.store.status();
+        let node = self
+            .store
+            .read(|s| find_node(s, &req.get_ref().node).map(|n| node_to_pb(n, &raft)))?;
+        Ok(Response::new(pb::GetNodeResponse { node: Some(node) }))
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::UpdateNodeResponse>, Status> {
+        let r = req.into_inner();
+        let availability = match r.availability.as_str() {
+            "" => None,
+            a => Some(Availability::parse(a).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid availability {a:?}: use active, pause or drain"
+                ))
+            })?),
+        };
+        for key in r.label_add.keys().chain(r.label_rm.iter()) {
+            if key.is_empty() {
+                return Err(Status::invalid_argument("a label key must not be empty"));
+            }
+        }
+        let id = self
+            .store
+            .read(|s| find_node(s, &r.node).map(|n| n.id.clone()))?;
+        self.store
+            .update(|s| {
+                let Some(node) = s.get::<Node>(&id) else {
+                    return Err(StoreError::Invalid(format!("node {id} was removed")));
+                };
+                let mut next = node.clone();
+                if let Some(a) = availability {
+                    next.availability = a;
+                }
+                for (k, v) in &r.label_add {
+                    next.labels.insert(k.clone(), v.clone());
+                }
+                for k in &r.label_rm {
+                    next.labels.remove(k);
+                }
+                if next == *node {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Txn::update(next)])
+            })
+            .await
+            .map_err(store_status)?;
+        let raft = self.store.status();
+        let node = self
+            .store
+            .get::<Node>(&id)
+            .map(|n| node_to_pb(&n, &raft))
+            .ok_or_else(|| Status::not_found(format!("node {id} was removed")))?;
+        Ok(Response::new(pb::UpdateNodeResponse { node: Some(node) }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let r = req.into_inner();
+        let node = self.store.read(|s| find_node(s, &r.node).cloned())?;
+        if node.role() == NodeRole::Manager {
+            return Err(Status::failed_precondition(format!(
+                "node {} is a cluster manager and a member of the raft cluster; it cannot be removed (to dismantle the cluster, run `rswarm leave --force` on it)",
+                node.id
+            )));
+        }
+        if node.status != NodeStatus::Down && !r.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not down and can't be removed; stop its agent first, or use --force",
+                node.id
+            )));
+        }
+        self.store
+            .update(|s| {
+                let Some(current) = s.get::<Node>(&node.id) else {
+                    return Ok(vec![]);
+                };
+                let mut c = cluster(s)?.clone();
+                c.removed_nodes.insert(node.id.clone());
+                Ok(vec![Txn::delete(current), Txn::update(c)])
+            })
+            .await
+            .map_err(store_status)?;
+        self.monitor.removed(node.id.clone()).await;
+        tracing::info!(node_id = %node.id, force = r.force, "node removed");
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn get_join_token(
+        &self,
+        req: Request<pb::GetJoinTokenRequest>,
+    ) -> Result<Response<pb::GetJoinTokenResponse>, Status> {
+        let r = req.into_inner();
+        let worker = match r.role.as_str() {
+            "worker" => true,
+            "manager" => false,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown role {other:?}: use worker or manager"
+                )))
+            }
+        };
+        if r.rotate {
+            self.store
+                .update(|s| {
+                    let mut c = cluster(s)?.clone();
+                    let ca_der = rswarm_ca::ca::first_cert_der(&c.root_ca_cert_pem)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let token = JoinToken::generate(&ca_der).encode();
+                    if worker {
+                        c.worker_token = token;
+                    } else {
+                        c.manager_token = token;
+                    }
+                    Ok(vec![Txn::update(c)])
+                })
+                .await
+                .map_err(store_status)?;
+            tracing::info!(role = %r.role, "join token rotated");
+        }
+        let (token, addrs) = self
+            .store
+            .read(|s| {
+                cluster(s).map(|c| {
+                    let t = if worker {
+                        &c.worker_token
+                    } else {
+                        &c.manager_token
+                    };
+                    (t.clone(), manager_addrs(s))
+                })
+            })
+            .map_err(store_status)?;
+        Ok(Response::new(pb::GetJoinTokenResponse {
+            token,
+            manager_addrs: addrs,
+        }))
+    }
+
+    async fn get_cluster(
+        &self,
+        _req: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        let raft = self.store.status();
+        let resp = self
+            .store
+            .read(|s| {
+                cluster(s).map(|c| {
+                    let ca_digest = rswarm_ca::ca::first_cert_der(&c.root_ca_cert_pem)
+                        .map(|d| rswarm_ca::token::digest_hex(&rswarm_ca::token::ca_digest(&d)))
+                        .unwrap_or_default();
+                    pb::GetClusterResponse {
+                        id: c.cluster_id.clone(),
+                        created_at: rfc3339_ms(c.meta.created_at_ms),
+                        heartbeat_period_ms: c.heartbeat_period_ms,
+                        cert_expiry_secs: c.cert_expiry_secs,
+                        nodes: s.list::<Node>().count() as u64,
+                        managers: s
+                            .list::<Node>()
+                            .filter(|n| n.role() == NodeRole::Manager)
+                            .count() as u64,
+                        raft_index: raft.applied,
+                        ca_digest,
+                    }
+                })
+            })
+            .map_err(store_status)?;
+        Ok(Response::new(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rswarm_store::Txn;
+
+    fn state(nodes: &[(&str, &str)]) -> StateMachine {
+        let mut s = StateMachine::new();
+        let ops = nodes
+            .iter()
+            .map(|(id, host)| {
+                Txn::create(Node {
+                    id: (*id).into(),
+                    hostname: (*host).into(),
+                    ..Node::default()
+                })
+            })
+            .collect();
+        s.apply(1, &Txn::new(ops)).unwrap();
+        s
+    }
+
+    #[test]
+    fn find_by_id_prefix_and_hostname() {
+        let s = state(&[("abc1", "h1"), ("abd2", "h2"), ("xyz", "h2")]);
+        assert_eq!(find_node(&s, "abc1").unwrap().id, "abc1");
+        assert_eq!(find_node(&s, "abc").unwrap().id, "abc1");
+        assert_eq!(find_node(&s, "h1").unwrap().id, "abc1");
+        assert_eq!(
+            find_node(&s, "ab").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            find_node(&s, "h2").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            find_node(&s, "nope").unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+
+    #[test]
+    fn leader_is_marked() {
+        let n = Node {
+            role: Some(NodeRole::Manager),
+            raft_id: 7,
+            ..Node::default()
+        };
+        let status = BackendStatus {
+            leader: Some(7),
+            ..BackendStatus::default()
+        };
+        assert_eq!(node_to_pb(&n, &status).manager_status, "leader");
+        let w = Node::default();
+        assert_eq!(node_to_pb(&w, &status).manager_status, "");
+    }
+}

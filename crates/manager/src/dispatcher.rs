@@ -1,0 +1,167 @@
+//! The dispatcher: agents' sessions and heartbeats.
+
+use std::time::UNIX_EPOCH;
+
+use rswarm_agent::ids::new_id;
+use rswarm_api::dispatcher::v1::dispatcher_server::Dispatcher;
+use rswarm_api::dispatcher::v1::{
+    HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest,
+};
+use rswarm_ca::transport::peer_of;
+use rswarm_store::{Cluster, Kind, Node, Store};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Auth;
+use crate::error::store_status;
+use crate::manager_addrs;
+use crate::monitor::{Description, Monitor};
+
+pub struct DispatcherService {
+    store: Store,
+    auth: Auth,
+    monitor: Monitor,
+    shutdown: CancellationToken,
+}
+
+impl DispatcherService {
+    pub fn new(store: Store, monitor: Monitor, shutdown: CancellationToken) -> Self {
+        DispatcherService {
+            auth: Auth::new(store.clone()),
+            store,
+            monitor,
+            shutdown,
+        }
+    }
+}
+
+fn session_message(store: &Store, node_id: &str, session_id: &str) -> Option<SessionMessage> {
+    store.read(|s| {
+        let node = s.get::<Node>(node_id)?;
+        let cluster = s.get::<Cluster>(Cluster::ID)?;
+        Some(SessionMessage {
+            session_id: session_id.to_string(),
+            heartbeat_period_ms: cluster.heartbeat_period_ms,
+            manager_addrs: manager_addrs(s),
+            node_id: node_id.to_string(),
+            availability: node.availability.as_str().into(),
+        })
+    })
+}
+
+#[tonic::async_trait]
+impl Dispatcher for DispatcherService {
+    type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = self.auth.node(&req)?;
+        let remote_ip = peer_of(&req)
+            .and_then(|i| i.remote_addr)
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let r = req.into_inner();
+        let node_id = peer.node_id.clone();
+        if self.store.get::<Node>(&node_id).is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} is not part of the cluster (it was removed); run `rswarm leave` on it and join again"
+            )));
+        }
+        let session_id = new_id();
+        let close = CancellationToken::new();
+        let description = Description {
+            hostname: r.hostname,
+            addr: if r.advertise_addr.is_empty() {
+                remote_ip
+            } else {
+                r.advertise_addr
+            },
+            os: r.os,
+            arch: r.arch,
+            engine_version: r.engine_version,
+            cert_not_after: peer
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        self.monitor
+            .open(
+                node_id.clone(),
+                session_id.clone(),
+                description,
+                close.clone(),
+            )
+            .await
+            .map_err(store_status)?;
+        let first = session_message(&self.store, &node_id, &session_id)
+            .ok_or_else(|| Status::permission_denied("node was removed"))?;
+        let (tx, rx) = mpsc::channel(16);
+        // Capacity 16 and nothing sent yet: cannot fail.
+        let _ = tx.try_send(Ok(first.clone()));
+        tracing::info!(%node_id, %session_id, "session opened");
+        let store = self.store.clone();
+        let monitor = self.monitor.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            let mut watch = store.watch();
+            loop {
+                tokio::select! {
+                    () = tx.closed() => {
+                        monitor.closed(node_id, session_id).await;
+                        return;
+                    }
+                    // Dropping `tx` ends the agent's stream; it reconnects (or learns it was removed).
+                    () = close.cancelled() => return,
+                    () = shutdown.cancelled() => return,
+                    ev = watch.events.recv() => {
+                        match ev {
+                            Ok(batch) => {
+                                let relevant = batch
+                                    .changes
+                                    .iter()
+                                    .any(|c| matches!(c.object.kind(), Kind::Cluster | Kind::Node));
+                                if !relevant {
+                                    continue;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => watch = store.watch(),
+                        }
+                        let Some(next) = session_message(&store, &node_id, &session_id) else {
+                            return;
+                        };
+                        if next != last {
+                            if tx.send(Ok(next.clone())).await.is_err() {
+                                monitor.closed(node_id, session_id).await;
+                                return;
+                            }
+                            last = next;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let peer = self.auth.node(&req)?;
+        let session_id = req.into_inner().session_id;
+        if !self.monitor.heartbeat(peer.node_id, session_id).await {
+            return Err(Status::not_found("unknown session; open a new one"));
+        }
+        let period_ms = self
+            .store
+            .get::<Cluster>(Cluster::ID)
+            .map_or(500, |c| c.heartbeat_period_ms);
+        Ok(Response::new(HeartbeatResponse { period_ms }))
+    }
+}

@@ -1,0 +1,5 @@
+//! `rswarm-agent`: see the `rswarm-cli` crate.
+
+fn main() -> std::process::ExitCode {
+    rswarm_cli::main_agent()
+}

@@ -1,0 +1,5 @@
+//! `rswarm`: see the `rswarm-cli` crate.
+
+fn main() -> std::process::ExitCode {
+    rswarm_cli::main_rswarm()
+}

@@ -1,0 +1,17 @@
+//! rswarm's cluster store.
+//!
+//! Typed objects ([`objects`]) live in a deterministic [`StateMachine`]. A consensus [`Backend`]
+//! (embedded Raft in `rswarm-raft`; etcd later) orders and persists [`Txn`]s and applies them, in
+//! commit order, to a shared [`Replica`]. Components hold a [`Store`]: they read the replica, commit
+//! transactions with optimistic concurrency (each object's `meta.version`), and [`Store::watch`] for a
+//! consistent snapshot plus every later change.
+
+pub mod objects;
+pub mod state;
+mod store;
+
+pub use objects::{
+    Availability, Cluster, Kind, Meta, Node, NodeRole, NodeStatus, Object, StoreObject,
+};
+pub use state::{Action, Change, ChangeBatch, Op, StateMachine, Txn, TxnError};
+pub use store::{Backend, BackendStatus, Member, MemoryBackend, Replica, Store, StoreError, Watch};

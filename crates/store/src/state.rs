@@ -1,0 +1,426 @@
+//! The replicated state machine: pure, deterministic, no IO.
+//!
+//! Every backend (embedded Raft, etcd) feeds the same committed transactions, in the same order, into
+//! [`StateMachine::apply`]. Given equal inputs, every replica ends in an equal state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{Kind, Object, StoreObject};
+
+/// One change inside a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    /// Fails if an object of that kind and id exists.
+    Create { object: Object },
+    /// Fails unless the object exists with `object.meta.version` as its current version.
+    Update { object: Object },
+    /// Fails unless the object exists (and, when `version` is given, has that version).
+    Delete {
+        kind: Kind,
+        id: String,
+        version: Option<u64>,
+    },
+}
+
+/// An all-or-nothing batch of changes. `timestamp_ms` is chosen by the proposer so that applying the
+/// transaction is deterministic on every replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub timestamp_ms: u64,
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new(ops: Vec<Op>) -> Self {
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Txn { timestamp_ms, ops }
+    }
+
+    pub fn create(object: impl StoreObject) -> Op {
+        Op::Create {
+            object: object.into_object(),
+        }
+    }
+
+    pub fn update(object: impl StoreObject) -> Op {
+        Op::Update {
+            object: object.into_object(),
+        }
+    }
+
+    pub fn delete<T: StoreObject>(object: &T) -> Op {
+        Op::Delete {
+            kind: T::KIND,
+            id: object.id().to_string(),
+            version: Some(object.meta().version),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data to JSON cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Txn, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Why a transaction was rejected. The state is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum TxnError {
+    #[error("{kind} {id} already exists")]
+    Exists { kind: Kind, id: String },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: Kind, id: String },
+    #[error("{kind} {id} was changed concurrently (expected version {expected}, found {actual}); read it again and retry")]
+    VersionMismatch {
+        kind: Kind,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+/// What a transaction did to one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// One applied change, as watchers see it. For deletes, `object` is the object as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub action: Action,
+    pub object: Object,
+}
+
+/// All changes of one committed transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeBatch {
+    pub index: u64,
+    pub changes: Vec<Change>,
+}
+
+/// The materialised cluster state at `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    index: u64,
+    tables: HashMap<Kind, BTreeMap<String, Object>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    index: u64,
+    objects: Vec<Object>,
+}
+
+impl StateMachine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Index of the last applied transaction (or snapshot).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn get<T: StoreObject>(&self, id: &str) -> Option<&T> {
+        self.tables
+            .get(&T::KIND)
+            .and_then(|t| t.get(id))
+            .and_then(T::from_object_ref)
+    }
+
+    /// All objects of one kind, ordered by id.
+    pub fn list<T: StoreObject>(&self) -> impl Iterator<Item = &T> {
+        self.tables
+            .get(&T::KIND)
+            .into_iter()
+            .flat_map(|t| t.values())
+            .filter_map(T::from_object_ref)
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        self.tables.get(&kind).map_or(0, BTreeMap::len)
+    }
+
+    fn lookup(&self, kind: Kind, id: &str) -> Option<&Object> {
+        self.tables.get(&kind).and_then(|t| t.get(id))
+    }
+
+    /// Applies a committed transaction at `index`. Either every op applies or none does; the index
+    /// advances in both cases (a rejected transaction still consumed its log slot).
+    pub fn apply(&mut self, index: u64, txn: &Txn) -> Result<Vec<Change>, TxnError> {
+        self.index = self.index.max(index);
+        // Validate against the state as the earlier ops of this transaction leave it.
+        let mut staged: BTreeMap<(Kind, String), Option<Object>> = BTreeMap::new();
+        let mut changes = Vec::with_capacity(txn.ops.len());
+        for op in &txn.ops {
+            let (kind, id) = match op {
+                Op::Create { object } | Op::Update { object } => {
+                    (object.kind(), object.id().to_string())
+                }
+                Op::Delete { kind, id, .. } => (*kind, id.clone()),
+            };
+            let current = match staged.get(&(kind, id.clone())) {
+                Some(staged) => staged.clone(),
+                None => self.lookup(kind, &id).cloned(),
+            };
+            let next = match (op, current) {
+                (Op::Create { .. }, Some(_)) => return Err(TxnError::Exists { kind, id }),
+                (Op::Create { object }, None) => {
+                    let mut object = object.clone();
+                    let meta = object.meta_mut();
+                    meta.version = index;
+                    meta.created_at_ms = txn.timestamp_ms;
+                    meta.updated_at_ms = txn.timestamp_ms;
+                    changes.push(Change {
+                        action: Action::Create,
+                        object: object.clone(),
+                    });
+                    Some(object)
+                }
+                (Op::Update { .. } | Op::Delete { .. }, None) => {
+                    return Err(TxnError::NotFound { kind, id })
+                }
+                (Op::Update { object }, Some(old)) => {
+                    let expected = object.meta().version;
+                    let actual = old.meta().version;
+                    if expected != actual {
+                        return Err(TxnError::VersionMismatch {
+                            kind,
+                            id,
+                            expected,
+                            actual,
+                        });
+                    }
+                    let mut object = object.clone();
+                    let meta = object.meta_mut();
+                    meta.version = index;
+                    meta.created_at_ms = old.meta().created_at_ms;
+                    meta.updated_at_ms = txn.timestamp_ms;
+                    changes.push(Change {
+                        action: Action::Update,
+                        object: object.clone(),
+                    });
+                    Some(object)
+                }
+                (Op::Delete { version, .. }, Some(old)) => {
+                    if let Some(expected) = *version {
+                        let actual = old.meta().version;
+                        if expected != actual {
+                            return Err(TxnError::VersionMismatch {
+                                kind,
+                                id,
+                                expected,
+                                actual,
+                            });
+                        }
+                    }
+                    changes.push(Change {
+                        action: Action::Delete,
+                        object: old,
+                    });
+                    None
+                }
+            };
+            staged.insert((kind, id), next);
+        }
+        for ((kind, id), object) in staged {
+            let table = self.tables.entry(kind).or_default();
+            match object {
+                Some(o) => {
+                    table.insert(id, o);
+                }
+                None => {
+                    table.remove(&id);
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Serialises the whole state (for Raft snapshots).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let objects = self
+            .tables
+            .values()
+            .flat_map(|t| t.values().cloned())
+            .collect();
+        serde_json::to_vec(&SnapshotData {
+            index: self.index,
+            objects,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Rebuilds a state from [`StateMachine::snapshot`] output.
+    pub fn restore(bytes: &[u8]) -> Result<StateMachine, serde_json::Error> {
+        let data: SnapshotData = serde_json::from_slice(bytes)?;
+        let mut sm = StateMachine {
+            index: data.index,
+            tables: HashMap::new(),
+        };
+        for o in data.objects {
+            sm.tables
+                .entry(o.kind())
+                .or_default()
+                .insert(o.id().to_string(), o);
+        }
+        Ok(sm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{Availability, Cluster, Node, NodeStatus};
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            hostname: format!("host-{id}"),
+            ..Node::default()
+        }
+    }
+
+    fn txn(ops: Vec<Op>) -> Txn {
+        Txn {
+            timestamp_ms: 1000,
+            ops,
+        }
+    }
+
+    #[test]
+    fn create_sets_versions_and_times() {
+        let mut sm = StateMachine::new();
+        let changes = sm.apply(5, &txn(vec![Txn::create(node("a"))])).unwrap();
+        assert_eq!(changes.len(), 1);
+        let a = sm.get::<Node>("a").unwrap();
+        assert_eq!(a.meta.version, 5);
+        assert_eq!(a.meta.created_at_ms, 1000);
+        assert_eq!(sm.index(), 5);
+        assert_eq!(
+            sm.apply(6, &txn(vec![Txn::create(node("a"))])),
+            Err(TxnError::Exists {
+                kind: Kind::Node,
+                id: "a".into()
+            })
+        );
+        assert_eq!(sm.index(), 6, "a rejected txn still advances the index");
+    }
+
+    #[test]
+    fn update_requires_current_version() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &txn(vec![Txn::create(node("a"))])).unwrap();
+        let mut a = sm.get::<Node>("a").unwrap().clone();
+        a.availability = Availability::Drain;
+        let stale = a.clone();
+        sm.apply(
+            2,
+            &Txn {
+                timestamp_ms: 2000,
+                ops: vec![Txn::update(a)],
+            },
+        )
+        .unwrap();
+        let now = sm.get::<Node>("a").unwrap();
+        assert_eq!(now.availability, Availability::Drain);
+        assert_eq!(now.meta.version, 2);
+        assert_eq!(now.meta.created_at_ms, 1000);
+        assert_eq!(now.meta.updated_at_ms, 2000);
+        let err = sm.apply(3, &txn(vec![Txn::update(stale)])).unwrap_err();
+        assert!(matches!(
+            err,
+            TxnError::VersionMismatch {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn transactions_are_all_or_nothing() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &txn(vec![Txn::create(node("a"))])).unwrap();
+        let before = sm.clone();
+        let err = sm
+            .apply(
+                2,
+                &txn(vec![Txn::create(node("b")), Txn::create(node("a"))]),
+            )
+            .unwrap_err();
+        assert!(matches!(err, TxnError::Exists { .. }));
+        assert!(sm.get::<Node>("b").is_none());
+        assert_eq!(sm.list::<Node>().count(), before.list::<Node>().count());
+    }
+
+    #[test]
+    fn ops_in_one_txn_see_each_other() {
+        let mut sm = StateMachine::new();
+        let mut n = node("a");
+        let create = Txn::create(n.clone());
+        n.meta.version = 7;
+        n.status = NodeStatus::Ready;
+        sm.apply(7, &txn(vec![create, Txn::update(n)])).unwrap();
+        assert_eq!(sm.get::<Node>("a").unwrap().status, NodeStatus::Ready);
+        let a = sm.get::<Node>("a").unwrap().clone();
+        let changes = sm.apply(8, &txn(vec![Txn::delete(&a)])).unwrap();
+        assert_eq!(changes[0].action, Action::Delete);
+        assert!(sm.get::<Node>("a").is_none());
+        assert!(matches!(
+            sm.apply(9, &txn(vec![Txn::delete(&a)])),
+            Err(TxnError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut sm = StateMachine::new();
+        sm.apply(
+            3,
+            &txn(vec![
+                Txn::create(node("a")),
+                Txn::create(node("b")),
+                Txn::create(Cluster {
+                    id: Cluster::ID.into(),
+                    cluster_id: "c1".into(),
+                    ..Cluster::default()
+                }),
+            ]),
+        )
+        .unwrap();
+        let restored = StateMachine::restore(&sm.snapshot()).unwrap();
+        assert_eq!(restored, sm);
+        assert_eq!(restored.index(), 3);
+        assert_eq!(
+            restored.get::<Cluster>(Cluster::ID).unwrap().cluster_id,
+            "c1"
+        );
+    }
+
+    #[test]
+    fn txn_codec_round_trip() {
+        let t = txn(vec![
+            Txn::create(node("a")),
+            Op::Delete {
+                kind: Kind::Node,
+                id: "b".into(),
+                version: None,
+            },
+        ]);
+        assert_eq!(Txn::decode(&t.encode()).unwrap(), t);
+    }
+}
