@@ -1035,6 +1035,41 @@ fn certificates_are_enforced() {
         &h2.rswarm_raw(&with(foreign.flags())),
         "`node ls` with all of another cluster's cert files",
     );
+
+    // The CLI may reject a foreign certificate before it connects; check that the manager itself
+    // refuses it too, with a client that does not check (curl, `-k`: no server verification). With
+    // our manager's certificate the same request gets an HTTP answer, so the refusal is the cert's.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let url = format!("https://{}/", h1.manager_addr());
+        let curl = |c: &CertPaths| {
+            let (cert, key) = (c.cert.display().to_string(), c.key.display().to_string());
+            let args = [
+                "-sS",
+                "-k",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+            ];
+            let mut args: Vec<&str> = args.to_vec();
+            args.extend(["--cert", &cert, "--key", &key, &url]);
+            h2.run("curl", &args, Duration::from_secs(20))
+        };
+        curl(&h1.certs()).assert_success("curl with our manager's client certificate (control)");
+        assert_refused(
+            &curl(&foreign),
+            "the manager must refuse a TLS client certificate issued by another cluster's CA",
+        );
+    } else {
+        eprintln!(
+            "warning: curl not found: skipped the server-side check of a foreign client cert"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

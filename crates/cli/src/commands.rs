@@ -73,6 +73,14 @@ fn init(args: InitArgs) -> ExitCode {
         heartbeat: args.dispatcher_heartbeat,
         cert_expiry: args.cert_expiry,
     };
+    // Fail before writing anything when the listener cannot be had.
+    if let Err(e) = std::net::TcpListener::bind(args.listen_addr) {
+        report(&anyhow::anyhow!(
+            "cannot listen on {}: {e}; check that the address belongs to this host and the port is free (--listen-addr)",
+            args.listen_addr
+        ));
+        return ExitCode::FAILURE;
+    }
     let outcome = match bootstrap(&opts) {
         Ok(o) => o,
         Err(e) => {

@@ -10,7 +10,9 @@
 //! 5. apply committed entries to the replica and resolve the proposals waiting on them;
 //! 6. `advance`, then the LightReady likewise (commit index, messages, committed entries), then
 //!    `advance_apply`;
-//! 7. compact the log every `snapshot_interval` applied entries.
+//! 7. every `snapshot_interval` applied entries (or when raft needs a snapshot for a member the
+//!    stored one lacks), copy the replica and serialise it on a blocking thread; when that is
+//!    done, store the snapshot and compact the log. The loop keeps running meanwhile.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -21,16 +23,19 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, StateRole, Storage as _};
-use rswarm_store::{Backend, BackendStatus, Member, Replica, Store, StoreError, Txn};
+use rswarm_store::{Backend, BackendStatus, Member, Replica, StateMachine, Store, StoreError, Txn};
 use slog::Drain as _;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::storage::RaftStorage;
+use crate::storage::{decode_snapshot, BuiltSnapshot, RaftStorage};
 use crate::transport::{PeerReporter, Report, Transport};
 
 const PROPOSAL_QUEUE: usize = 1024;
@@ -55,6 +60,9 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// Applied entries between snapshots (each snapshot compacts the log).
     pub snapshot_interval: u64,
+    /// Log entries kept before each snapshot, so that a follower slightly behind catches up from
+    /// the log rather than with a whole snapshot (Swarm keeps 500).
+    pub log_entries_for_slow_followers: u64,
     /// Largest append message, in bytes (at least one entry is always sent).
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower.
@@ -66,8 +74,8 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
-    /// Defaults: tick 100 ms, election 10 ticks, heartbeat 1 tick, snapshot every 10,000 entries,
-    /// 1 MiB per append message, 256 messages in flight.
+    /// Defaults: tick 100 ms, election 10 ticks, heartbeat 1 tick, snapshot every 10,000 entries
+    /// keeping 500 before it, 1 MiB per append message, 256 messages in flight.
     pub fn new(id: u64, data_dir: impl Into<PathBuf>) -> Self {
         RaftConfig {
             id,
@@ -76,6 +84,7 @@ impl RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_interval: 10_000,
+            log_entries_for_slow_followers: 500,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             join_peers: Vec::new(),
@@ -103,6 +112,20 @@ impl RaftConfig {
         }
         Ok(())
     }
+}
+
+/// A message from a peer; a snapshot comes with its data already decoded (off the driver).
+struct Incoming {
+    msg: Message,
+    snapshot: Option<DecodedSnapshot>,
+}
+
+/// A received snapshot's data, decoded by [`RaftHandle::step`].
+struct DecodedSnapshot {
+    index: u64,
+    term: u64,
+    members: BTreeMap<u64, String>,
+    state: StateMachine,
 }
 
 /// A transaction waiting to be proposed.
@@ -174,6 +197,14 @@ fn in_conf(cs: &raft::eraftpb::ConfState, id: u64) -> bool {
         || cs.learners_next.contains(&id)
 }
 
+/// Waits for the snapshot job, if there is one.
+async fn wait_job(job: &mut Option<JoinHandle<BuiltSnapshot>>) -> Result<BuiltSnapshot, JoinError> {
+    match job {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts raft members.
 pub struct RaftNode;
 
@@ -213,7 +244,12 @@ impl RaftNode {
         };
         raft_config.validate()?;
         let conf_state = storage.conf_state().clone();
-        let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
+        // raft-rs logs every message at debug level, snapshots included (megabytes formatted
+        // inside the driver): pass on info and above only.
+        let logger = slog::Logger::root(
+            slog_stdlog::StdLog.filter_level(slog::Level::Info).fuse(),
+            slog::o!(),
+        );
         let mut raw = RawNode::new(&raft_config, storage, &logger)?;
         if conf_state.voters == [config.id] && conf_state.learners.is_empty() {
             // The only voter: no one else can win, so do not wait an election timeout.
@@ -241,12 +277,14 @@ impl RaftNode {
             replica: replica.clone(),
             transport,
             snapshot_interval: config.snapshot_interval,
+            keep_entries: config.log_entries_for_slow_followers,
             next_proposal: 0,
             pending: HashMap::new(),
             member_queue: VecDeque::new(),
             peers: None,
             status: status_tx,
             leadership: (StateRole::Follower, 0),
+            decoded_snapshot: None,
         };
         let inbox = Inbox {
             proposals,
@@ -302,7 +340,7 @@ struct Shared {
     id: u64,
     replica: Arc<Replica>,
     proposals: mpsc::Sender<Proposal>,
-    messages: mpsc::Sender<Message>,
+    messages: mpsc::Sender<Incoming>,
     membership: mpsc::Sender<MemberRequest>,
     status: watch::Receiver<BackendStatus>,
     exit: watch::Receiver<Option<Result<(), String>>>,
@@ -367,11 +405,32 @@ impl RaftHandle {
         self.member_change(MemberChange::Remove { id }).await
     }
 
-    /// Feeds a message received from a peer to the driver (waits while its queue is full).
+    /// Feeds a message received from a peer to the driver (waits while its queue is full). A
+    /// snapshot's data is decoded here first, so that a large one does not stall the driver (and
+    /// with it the heartbeats) and a corrupt one is refused before raft accepts it.
     pub async fn step(&self, msg: Message) -> Result<(), Error> {
+        let snapshot = if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let meta = msg.get_snapshot().get_metadata();
+            let (index, term) = (meta.index, meta.term);
+            let data = msg.get_snapshot().data.clone();
+            let (members, state) = tokio::task::spawn_blocking(move || decode_snapshot(&data))
+                .await
+                .map_err(|e| Error::Stopped(format!("decoding a snapshot failed: {e}")))?
+                .inspect_err(|e| {
+                    tracing::warn!(from = msg.from, index, error = %e, "refusing a raft snapshot");
+                })?;
+            Some(DecodedSnapshot {
+                index,
+                term,
+                members,
+                state,
+            })
+        } else {
+            None
+        };
         self.inner
             .messages
-            .send(msg)
+            .send(Incoming { msg, snapshot })
             .await
             .map_err(|_| Error::ShuttingDown)
     }
@@ -425,7 +484,7 @@ impl Backend for RaftHandle {
 
 struct Inbox {
     proposals: mpsc::Receiver<Proposal>,
-    messages: mpsc::Receiver<Message>,
+    messages: mpsc::Receiver<Incoming>,
     membership: mpsc::Receiver<MemberRequest>,
     reports: mpsc::Receiver<Report>,
 }
@@ -436,6 +495,7 @@ struct Driver {
     replica: Arc<Replica>,
     transport: Arc<dyn Transport>,
     snapshot_interval: u64,
+    keep_entries: u64,
     next_proposal: u64,
     pending: HashMap<u64, Pending>,
     /// Membership changes not yet proposed (raft takes one at a time).
@@ -445,6 +505,8 @@ struct Driver {
     status: watch::Sender<BackendStatus>,
     /// Role and term when pending proposals were last checked.
     leadership: (StateRole, u64),
+    /// The last snapshot received, decoded, until raft hands it back in a Ready.
+    decoded_snapshot: Option<DecodedSnapshot>,
 }
 
 impl Driver {
@@ -458,7 +520,10 @@ impl Driver {
         self.publish_status();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A snapshot being serialised on a blocking thread.
+        let mut job: Option<JoinHandle<BuiltSnapshot>> = None;
         let result = loop {
+            let mut built = None;
             // Every branch is cancel-safe; the disk writes happen outside the select.
             tokio::select! {
                 biased;
@@ -468,11 +533,15 @@ impl Driver {
                 }
                 Some(msg) = inbox.messages.recv() => self.step(msg),
                 Some(report) = inbox.reports.recv() => self.report(report),
+                done = wait_job(&mut job) => {
+                    job = None;
+                    built = Some(done);
+                }
                 Some(req) = inbox.membership.recv() => self.queue_member_change(req),
                 Some(p) = inbox.proposals.recv() => self.propose(p),
             }
             self.drain(&mut inbox);
-            if let Err(e) = self.process().await {
+            if let Err(e) = self.process(built, &mut job).await {
                 break Err(e);
             }
         };
@@ -508,7 +577,11 @@ impl Driver {
         }
     }
 
-    async fn process(&mut self) -> Result<(), Error> {
+    async fn process(
+        &mut self,
+        built: Option<Result<BuiltSnapshot, JoinError>>,
+        job: &mut Option<JoinHandle<BuiltSnapshot>>,
+    ) -> Result<(), Error> {
         self.propose_member_changes();
         self.handle_readies().await?;
         self.check_leadership();
@@ -517,7 +590,23 @@ impl Driver {
             self.propose_member_changes();
             self.handle_readies().await?;
         }
-        self.maybe_compact().await?;
+        match built {
+            Some(Ok(built)) => {
+                let keep = self.keep_entries;
+                if let Some(index) = self.raw.mut_store().finish_snapshot(built, keep).await? {
+                    tracing::info!(
+                        id = self.id,
+                        index,
+                        "took a raft snapshot and compacted the log"
+                    );
+                }
+            }
+            Some(Err(e)) => {
+                tracing::error!(id = self.id, error = %e, "building a raft snapshot failed; will retry");
+            }
+            None => {}
+        }
+        self.maybe_start_snapshot(job)?;
         self.publish_status();
         Ok(())
     }
@@ -536,7 +625,8 @@ impl Driver {
         self.next_proposal
     }
 
-    fn step(&mut self, msg: Message) {
+    fn step(&mut self, incoming: Incoming) {
+        let Incoming { msg, snapshot } = incoming;
         if msg.to != self.id {
             tracing::debug!(
                 to = msg.to,
@@ -544,6 +634,9 @@ impl Driver {
                 "dropping a raft message addressed to another member"
             );
             return;
+        }
+        if snapshot.is_some() {
+            self.decoded_snapshot = snapshot;
         }
         let (from, kind) = (msg.from, msg.get_msg_type());
         if let Err(e) = self.raw.step(msg) {
@@ -680,7 +773,16 @@ impl Driver {
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
                 let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
-                let state = self.raw.mut_store().install_snapshot(snapshot).await?;
+                let decoded = self
+                    .decoded_snapshot
+                    .take()
+                    .filter(|d| d.index == index && d.term == term)
+                    .map(|d| (d.members, d.state));
+                let state = self
+                    .raw
+                    .mut_store()
+                    .install_snapshot(snapshot, decoded)
+                    .await?;
                 self.replica.restore(state);
                 self.sync_peers();
                 tracing::info!(
@@ -877,18 +979,30 @@ impl Driver {
         }
     }
 
-    async fn maybe_compact(&mut self) -> Result<(), Error> {
-        let applied = self.replica.index();
-        let since = applied.saturating_sub(self.raw.store().snapshot_index());
-        if since < self.snapshot_interval {
+    /// Starts serialising a snapshot on a blocking thread every `snapshot_interval` applied
+    /// entries, or when raft needs one the stored snapshot cannot serve.
+    fn maybe_start_snapshot(
+        &mut self,
+        job: &mut Option<JoinHandle<BuiltSnapshot>>,
+    ) -> Result<(), Error> {
+        if job.is_some() {
             return Ok(());
         }
-        if let Some(index) = self.raw.mut_store().compact().await? {
-            tracing::info!(
+        let store = self.raw.store();
+        let due =
+            self.replica.index().saturating_sub(store.snapshot_index()) >= self.snapshot_interval;
+        let wanted = store.take_snapshot_request();
+        if !due && !wanted {
+            return Ok(());
+        }
+        if let Some(snapshot) = store.begin_snapshot()? {
+            tracing::debug!(
                 id = self.id,
-                index,
-                "took a raft snapshot and compacted the log"
+                index = snapshot.index(),
+                wanted,
+                "taking a raft snapshot"
             );
+            *job = Some(tokio::task::spawn_blocking(move || snapshot.build()));
         }
         Ok(())
     }

@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -35,6 +36,9 @@ const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+/// Index and term (16 bytes, little endian) of the compaction point: the last entry deleted from
+/// the log. It is at or before the snapshot index (entries are kept for slow followers).
+const KEY_LOG_START: &str = "log_start";
 
 /// First bytes of every snapshot data envelope (format version 1).
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RSWSNAP1";
@@ -163,6 +167,28 @@ pub(crate) fn decode_snapshot(data: &[u8]) -> Result<(BTreeMap<u64, String>, Sta
     Ok((members, sm))
 }
 
+fn encode_log_start(index: u64, term: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&index.to_le_bytes());
+    b.extend_from_slice(&term.to_le_bytes());
+    b
+}
+
+fn decode_log_start(b: &[u8]) -> Result<(u64, u64)> {
+    let bad = || StorageError::Corrupt("the log start record is not 16 bytes".to_string());
+    let index = u64::from_le_bytes(b.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let term = u64::from_le_bytes(
+        b.get(8..16)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    if b.len() != 16 {
+        return Err(bad());
+    }
+    Ok((index, term))
+}
+
 /// Whether `id` is a member (voter or learner, incoming or outgoing) in `cs`.
 fn conf_contains(cs: &ConfState, id: u64) -> bool {
     cs.voters.contains(&id)
@@ -224,13 +250,13 @@ impl Batch {
     }
 }
 
-/// The in-memory mirror of the durable log. `snap` is the compaction point: the entry at
-/// `snap.index` is gone but its term is kept for log matching.
+/// The in-memory mirror of the durable log. `start_index` is the compaction point: the entry
+/// there is gone but its term is kept for log matching.
 #[derive(Default)]
 struct MemLog {
-    snap_index: u64,
-    snap_term: u64,
-    /// `entries[i].index == snap_index + 1 + i`.
+    start_index: u64,
+    start_term: u64,
+    /// `entries[i].index == start_index + 1 + i`.
     entries: Vec<Entry>,
     hard_state: HardState,
     conf_state: ConfState,
@@ -238,30 +264,32 @@ struct MemLog {
 
 impl MemLog {
     fn first_index(&self) -> u64 {
-        self.snap_index + 1
+        self.start_index + 1
     }
 
     fn last_index(&self) -> u64 {
-        self.snap_index + self.entries.len() as u64
+        self.start_index + self.entries.len() as u64
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.snap_index {
-            return Ok(self.snap_term);
+        if idx == self.start_index {
+            return Ok(self.start_term);
         }
-        if idx < self.snap_index {
+        if idx < self.start_index {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
         if idx > self.last_index() {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        Ok(self.entries[(idx - self.snap_index - 1) as usize].term)
+        Ok(self.entries[(idx - self.start_index - 1) as usize].term)
     }
 }
 
 /// What a database holds, as loaded on open.
 struct Loaded {
     snapshot: Snapshot,
+    start_index: u64,
+    start_term: u64,
     entries: Vec<Entry>,
     hard_state: HardState,
     conf_state: ConfState,
@@ -282,6 +310,16 @@ fn load(db: &Database) -> Result<Loaded> {
         })?;
         snapshot.set_data(Bytes::from(data));
     }
+    let (start_index, start_term) = match get(KEY_LOG_START)? {
+        Some(b) => decode_log_start(&b)?,
+        None => (snapshot.get_metadata().index, snapshot.get_metadata().term),
+    };
+    if start_index > snapshot.get_metadata().index {
+        return Err(StorageError::Corrupt(format!(
+            "the log starts after {start_index}, beyond the snapshot at {}",
+            snapshot.get_metadata().index
+        )));
+    }
     let hard_state = match get(KEY_HARD_STATE)? {
         Some(b) => decode::<HardState>("hard state", &b)?,
         None => HardState::default(),
@@ -290,14 +328,13 @@ fn load(db: &Database) -> Result<Loaded> {
         Some(b) => decode::<ConfState>("conf state", &b)?,
         None => snapshot.get_metadata().get_conf_state().clone(),
     };
-    let snap_index = snapshot.get_metadata().index;
     let table = txn.open_table(ENTRIES).map_err(db_err)?;
     let mut entries = Vec::new();
-    for item in table.range((snap_index + 1)..).map_err(db_err)? {
+    for item in table.range((start_index + 1)..).map_err(db_err)? {
         let (index, bytes) = item.map_err(db_err)?;
         let index = index.value();
         let entry: Entry = decode("log entry", bytes.value())?;
-        let expected = snap_index + 1 + entries.len() as u64;
+        let expected = start_index + 1 + entries.len() as u64;
         if entry.index != index || index != expected {
             return Err(StorageError::Corrupt(format!(
                 "log entry {index} is out of order (expected {expected}, the entry says {})",
@@ -314,6 +351,8 @@ fn load(db: &Database) -> Result<Loaded> {
     }
     Ok(Loaded {
         snapshot,
+        start_index,
+        start_term,
         entries,
         hard_state,
         conf_state,
@@ -392,8 +431,8 @@ pub struct RaftStorage {
     snapshot: Snapshot,
     members: BTreeMap<u64, String>,
     replica: Arc<Replica>,
-    /// The last snapshot made on demand for a member the stored one does not include.
-    on_demand: Mutex<Option<Snapshot>>,
+    /// Set when raft asked for a snapshot the stored one cannot serve.
+    snapshot_wanted: AtomicBool,
 }
 
 impl RaftStorage {
@@ -422,16 +461,17 @@ impl RaftStorage {
         hard_state.commit = hard_state.commit.max(meta.index);
         hard_state.term = hard_state.term.max(meta.term);
         let log = MemLog {
-            snap_index: meta.index,
-            snap_term: meta.term,
+            start_index: loaded.start_index,
+            start_term: loaded.start_term,
             entries: loaded.entries,
             hard_state,
             conf_state: loaded.conf_state,
         };
-        if log.hard_state.commit > log.last_index() {
+        if log.hard_state.commit > log.last_index() || meta.index > log.last_index() {
             return Err(StorageError::Corrupt(format!(
-                "the commit index {} is beyond the last log entry {}",
+                "the commit index {} or the snapshot index {} is beyond the last log entry {}",
                 log.hard_state.commit,
+                meta.index,
                 log.last_index()
             )));
         }
@@ -451,7 +491,7 @@ impl RaftStorage {
             snapshot: loaded.snapshot,
             members: loaded.members,
             replica: Replica::new(state),
-            on_demand: Mutex::new(None),
+            snapshot_wanted: AtomicBool::new(false),
         })
     }
 
@@ -485,7 +525,7 @@ impl RaftStorage {
         self.snapshot.get_metadata().index
     }
 
-    /// Number of log entries kept (after the snapshot).
+    /// Number of log entries kept (after the compaction point).
     pub fn entry_count(&self) -> usize {
         self.log.entries.len()
     }
@@ -508,7 +548,7 @@ impl RaftStorage {
             ..Batch::default()
         };
         if let Some(first) = entries.first() {
-            if first.index <= self.log.snap_index || first.index > self.log.last_index() + 1 {
+            if first.index <= self.log.start_index || first.index > self.log.last_index() + 1 {
                 return Err(StorageError::Corrupt(format!(
                     "raft asked to append entries from {} to a log holding {}..={}",
                     first.index,
@@ -528,7 +568,7 @@ impl RaftStorage {
         }
         self.write(batch).await?;
         if let Some(first) = entries.first() {
-            let keep = (first.index - self.log.snap_index - 1) as usize;
+            let keep = (first.index - self.log.start_index - 1) as usize;
             self.log.entries.truncate(keep);
             self.log.entries.extend(entries);
         }
@@ -552,36 +592,51 @@ impl RaftStorage {
     }
 
     /// Persists a snapshot received from the leader: it replaces the whole log, the conf state and
-    /// the member map. Returns the state machine to restore the replica with.
-    pub(crate) async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<StateMachine> {
-        let (members, state) = decode_snapshot(&snapshot.data)?;
+    /// the member map. Returns the state machine to restore the replica with. `decoded` is the
+    /// snapshot's data already decoded (see [`decode_snapshot`]); without it, it is decoded here.
+    pub(crate) async fn install_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        decoded: Option<(BTreeMap<u64, String>, StateMachine)>,
+    ) -> Result<StateMachine> {
         let meta = snapshot.get_metadata().clone();
         let mut hs = self.log.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
-        let batch = Batch {
+        let mut batch = Batch {
             delete_from: Some(0),
             state: vec![
                 (KEY_SNAPSHOT_META, encode(&meta)?),
-                (KEY_SNAPSHOT_DATA, snapshot.data.to_vec()),
+                (KEY_LOG_START, encode_log_start(meta.index, meta.term)),
                 (KEY_CONF_STATE, encode(meta.get_conf_state())?),
                 (KEY_HARD_STATE, encode(&hs)?),
             ],
-            members: Some(members.clone()),
             durable: true,
             ..Batch::default()
         };
-        self.write(batch).await?;
+        let db = self.db.clone();
+        let data = snapshot.data.clone();
+        // Decoding a large state is slow: do it, and the write, off the runtime.
+        let (members, state) = blocking(move || {
+            let (members, state) = match decoded {
+                Some(d) => d,
+                None => decode_snapshot(&data)?,
+            };
+            batch.state.push((KEY_SNAPSHOT_DATA, data.to_vec()));
+            batch.members = Some(members.clone());
+            batch.commit(&db)?;
+            Ok((members, state))
+        })
+        .await?;
         self.log = MemLog {
-            snap_index: meta.index,
-            snap_term: meta.term,
+            start_index: meta.index,
+            start_term: meta.term,
             entries: Vec::new(),
             hard_state: hs,
             conf_state: meta.get_conf_state().clone(),
         };
         self.snapshot = snapshot;
         self.members = members;
-        self.clear_on_demand();
         Ok(state)
     }
 
@@ -600,7 +655,6 @@ impl RaftStorage {
         .await?;
         self.log.conf_state = conf_state;
         self.members = members;
-        self.clear_on_demand();
         Ok(())
     }
 
@@ -616,12 +670,19 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Writes a snapshot of the replica at its applied index and deletes the log up to it, on disk
-    /// and in memory. Returns the snapshot index, or `None` when there was nothing to compact.
-    /// The replica's index must be the raft applied index (the driver calls this between Readies).
-    pub(crate) async fn compact(&mut self) -> Result<Option<u64>> {
-        let index = self.replica.index();
-        if index <= self.log.snap_index {
+    /// Whether raft asked for a snapshot the stored one cannot serve (see
+    /// [`Storage::snapshot`]); clears the request.
+    pub(crate) fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Captures what a snapshot at the applied index needs: a copy of the replica, its term, the
+    /// conf state and the member map. `None` when the stored snapshot is already there. The
+    /// replica's index must be the raft applied index (the driver calls this between Readies).
+    pub(crate) fn begin_snapshot(&self) -> Result<Option<SnapshotJob>> {
+        let state = self.replica.read(StateMachine::clone);
+        let index = state.index();
+        if index <= self.snapshot_index() {
             return Ok(None);
         }
         let term = self.log.term(index).map_err(|e| {
@@ -633,62 +694,97 @@ impl RaftStorage {
             ..SnapshotMetadata::default()
         };
         meta.set_conf_state(self.log.conf_state.clone());
-        let meta_bytes = encode(&meta)?;
-        let replica = self.replica.clone();
-        let members = self.members.clone();
+        Ok(Some(SnapshotJob {
+            meta,
+            members: self.members.clone(),
+            state,
+        }))
+    }
+
+    /// Stores a snapshot built from [`RaftStorage::begin_snapshot`] and deletes the log up to
+    /// `keep` entries before it, on disk and in memory. Returns the snapshot index, or `None` when
+    /// the snapshot is stale (a newer one was stored or installed meanwhile).
+    pub(crate) async fn finish_snapshot(
+        &mut self,
+        built: BuiltSnapshot,
+        keep: u64,
+    ) -> Result<Option<u64>> {
+        let index = built.meta.index;
+        if index <= self.snapshot_index() || index < self.log.start_index {
+            return Ok(None);
+        }
+        let start = index.saturating_sub(keep).max(self.log.start_index);
+        let start_term = self
+            .log
+            .term(start)
+            .map_err(|e| StorageError::Corrupt(format!("no term for log index {start}: {e}")))?;
+        let meta_bytes = encode(&built.meta)?;
+        let data = Bytes::from(built.data);
         let db = self.db.clone();
-        let data = blocking(move || {
-            let (at, state) = replica.read(|sm| (sm.index(), sm.snapshot()));
-            if at != index {
-                return Err(StorageError::Task(format!(
-                    "the replica moved from {index} to {at} while a snapshot was taken"
-                )));
-            }
-            let data = encode_snapshot_data(&members, &state);
+        let bytes = data.clone();
+        blocking(move || {
             Batch {
-                delete_through: Some(index),
+                delete_through: Some(start),
                 state: vec![
                     (KEY_SNAPSHOT_META, meta_bytes),
-                    (KEY_SNAPSHOT_DATA, data.clone()),
+                    (KEY_SNAPSHOT_DATA, bytes.to_vec()),
+                    (KEY_LOG_START, encode_log_start(start, start_term)),
                 ],
                 durable: true,
                 ..Batch::default()
             }
-            .commit(&db)?;
-            Ok(data)
+            .commit(&db)
         })
         .await?;
-        let drop = (index - self.log.snap_index) as usize;
+        let drop = (start - self.log.start_index) as usize;
         self.log.entries.drain(..drop);
-        self.log.snap_index = index;
-        self.log.snap_term = term;
+        self.log.start_index = start;
+        self.log.start_term = start_term;
         let mut snapshot = Snapshot::default();
-        snapshot.set_metadata(meta);
-        snapshot.set_data(Bytes::from(data));
+        snapshot.set_metadata(built.meta);
+        snapshot.set_data(data);
         self.snapshot = snapshot;
-        self.clear_on_demand();
         Ok(Some(index))
     }
 
-    fn clear_on_demand(&self) {
-        *self.on_demand.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// [`RaftStorage::begin_snapshot`], build and [`RaftStorage::finish_snapshot`] in one go.
+    #[cfg(test)]
+    pub(crate) async fn compact(&mut self, keep: u64) -> Result<Option<u64>> {
+        let Some(job) = self.begin_snapshot()? else {
+            return Ok(None);
+        };
+        let built = blocking(move || Ok(job.build())).await?;
+        self.finish_snapshot(built, keep).await
+    }
+}
+
+/// A snapshot being made: everything captured at the applied index, so that the slow part
+/// ([`SnapshotJob::build`], serialising the state) can run off the driver.
+pub(crate) struct SnapshotJob {
+    meta: SnapshotMetadata,
+    members: BTreeMap<u64, String>,
+    state: StateMachine,
+}
+
+impl SnapshotJob {
+    /// Index the snapshot is taken at.
+    pub(crate) fn index(&self) -> u64 {
+        self.meta.index
     }
 
-    /// A snapshot of the replica at its current (applied) index with the current conf state.
-    fn make_snapshot(&self) -> raft::Result<Snapshot> {
-        let (index, state) = self.replica.read(|sm| (sm.index(), sm.snapshot()));
-        let term = self.log.term(index).map_err(|e| {
-            tracing::warn!(index, error = %e, "cannot make a snapshot at the applied index");
-            raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)
-        })?;
-        let mut snapshot = Snapshot::default();
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.log.conf_state.clone());
-        snapshot.set_data(Bytes::from(encode_snapshot_data(&self.members, &state)));
-        Ok(snapshot)
+    /// Serialises the state into snapshot data. CPU-bound: run it on a blocking thread.
+    pub(crate) fn build(self) -> BuiltSnapshot {
+        BuiltSnapshot {
+            data: encode_snapshot_data(&self.members, &self.state.snapshot()),
+            meta: self.meta,
+        }
     }
+}
+
+/// A snapshot ready to be stored by [`RaftStorage::finish_snapshot`].
+pub(crate) struct BuiltSnapshot {
+    meta: SnapshotMetadata,
+    data: Vec<u8>,
 }
 
 impl Storage for RaftStorage {
@@ -706,13 +802,13 @@ impl Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.log.snap_index {
+        if low <= self.log.start_index {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
         if high > self.log.last_index() + 1 || low > high {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        let offset = self.log.snap_index + 1;
+        let offset = self.log.start_index + 1;
         let mut entries =
             self.log.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
         raft::util::limit_size(&mut entries, max_size.into());
@@ -731,41 +827,29 @@ impl Storage for RaftStorage {
         Ok(self.log.last_index())
     }
 
-    /// The stored snapshot when it is at least `request_index` and includes `to`; otherwise one
-    /// made on demand from the replica at the applied index (e.g. for a member added after the
-    /// stored snapshot was taken, which would refuse a snapshot whose conf state lacks it).
+    /// The stored snapshot when it is at least `request_index` and includes `to`. Otherwise (e.g.
+    /// `to` was added after the stored snapshot was taken, and would refuse a snapshot whose conf
+    /// state lacks it) this asks the driver for a new one and returns
+    /// `SnapshotTemporarilyUnavailable`; raft asks again on a later heartbeat response.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let usable = |s: &Snapshot| {
-            let meta = s.get_metadata();
-            !s.is_empty() && meta.index >= request_index && conf_contains(meta.get_conf_state(), to)
-        };
-        if usable(&self.snapshot) {
+        let meta = self.snapshot.get_metadata();
+        if !self.snapshot.is_empty()
+            && meta.index >= request_index
+            && conf_contains(meta.get_conf_state(), to)
+        {
             return Ok(self.snapshot.clone());
         }
-        let mut cache = self.on_demand.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = cache.as_ref().filter(|s| usable(s)) {
-            return Ok(s.clone());
-        }
-        let snapshot = self.make_snapshot()?;
-        if !usable(&snapshot) {
-            tracing::debug!(
+        if !self.snapshot_wanted.swap(true, Ordering::Relaxed) {
+            tracing::info!(
                 to,
                 request_index,
-                index = snapshot.get_metadata().index,
-                "no usable snapshot yet"
+                stored = meta.index,
+                "raft member needs a newer snapshot; making one"
             );
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
         }
-        tracing::info!(
-            to,
-            index = snapshot.get_metadata().index,
-            bytes = snapshot.data.len(),
-            "made a snapshot on demand"
-        );
-        *cache = Some(snapshot.clone());
-        Ok(snapshot)
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -841,7 +925,7 @@ mod tests {
         assert!(!s.initial_state().unwrap().initialized());
 
         let restored = s
-            .install_snapshot(snapshot(5, 2, vec![1], &sm))
+            .install_snapshot(snapshot(5, 2, vec![1], &sm), None)
             .await
             .unwrap();
         assert_eq!(restored, sm);
@@ -947,8 +1031,8 @@ mod tests {
             };
             s.replica().apply(i, &txn).unwrap();
         }
-        assert_eq!(s.compact().await.unwrap(), Some(25));
-        assert_eq!(s.compact().await.unwrap(), None);
+        assert_eq!(s.compact(0).await.unwrap(), Some(25));
+        assert_eq!(s.compact(0).await.unwrap(), None);
         assert_eq!(s.first_index().unwrap(), 26);
         assert_eq!(s.last_index().unwrap(), 30);
         assert_eq!(s.term(25).unwrap(), 2);
@@ -971,13 +1055,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn snapshot_is_made_on_demand_for_a_member_the_stored_one_lacks() {
+    async fn compaction_keeps_entries_for_slow_followers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RaftStorage::open(dir.path()).await.unwrap();
+        s.append((1..=40).map(|i| entry(i, 3)).collect(), None, true)
+            .await
+            .unwrap();
+        for i in 1..=30 {
+            s.replica().skip(i);
+        }
+        assert_eq!(s.compact(10).await.unwrap(), Some(30));
+        assert_eq!(s.snapshot_index(), 30);
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.term(20).unwrap(), 3);
+        for i in 31..=35 {
+            s.replica().skip(i);
+        }
+        // The next snapshot moves the log start along; it never goes backwards.
+        assert_eq!(s.compact(10).await.unwrap(), Some(35));
+        assert_eq!(s.first_index().unwrap(), 26);
+        assert_eq!(s.compact(100).await.unwrap(), None);
+        let path = s.path().to_path_buf();
+        drop(s);
+        assert_eq!(disk_entry_indexes(&path), (26..=40).collect::<Vec<_>>());
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 35);
+        assert_eq!(s.first_index().unwrap(), 26);
+        assert_eq!(s.last_index().unwrap(), 40);
+        assert_eq!(s.term(25).unwrap(), 3);
+        assert_eq!(
+            s.replica().index(),
+            35,
+            "the replica comes from the snapshot"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_missing_from_the_stored_snapshot_gets_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         bootstrap(dir.path(), 1, "127.0.0.1:1", state_with_nodes(1, 1)).unwrap();
         let mut s = RaftStorage::open(dir.path()).await.unwrap();
-        // Stored snapshot (index 1, voters [1]) is fine for member 1...
+        // The stored snapshot (index 1, voters [1]) is fine for member 1...
         assert_eq!(s.snapshot(0, 1).unwrap().get_metadata().index, 1);
-        // ...but member 2, added at index 3, needs a newer one.
+        assert!(!s.take_snapshot_request());
+        // ...but member 2, added at index 3, would refuse it.
         s.append(vec![entry(2, 2), entry(3, 2)], None, true)
             .await
             .unwrap();
@@ -989,6 +1110,21 @@ mod tests {
         };
         let members = BTreeMap::from([(1, "127.0.0.1:1".into()), (2, "127.0.0.1:2".into())]);
         s.set_conf_state(cs.clone(), members.clone()).await.unwrap();
+        let unavailable = Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ));
+        assert_eq!(s.snapshot(0, 2), unavailable);
+        assert!(
+            s.take_snapshot_request(),
+            "the driver is asked for a snapshot"
+        );
+        assert!(!s.take_snapshot_request(), "the request is taken once");
+
+        // The driver builds one off its loop and stores it.
+        let job = s.begin_snapshot().unwrap().unwrap();
+        assert_eq!(job.index(), 3);
+        let built = job.build();
+        assert_eq!(s.finish_snapshot(built, 0).await.unwrap(), Some(3));
         let snap = s.snapshot(0, 2).unwrap();
         assert_eq!(snap.get_metadata().index, 3);
         assert_eq!(snap.get_metadata().term, 2);
@@ -997,13 +1133,34 @@ mod tests {
         assert_eq!(got_members, members);
         assert_eq!(sm.index(), 3);
         assert!(sm.get::<Node>("n0").is_some());
-        // A request for a later index than anything applied must wait.
-        assert_eq!(
-            s.snapshot(4, 2),
-            Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable
-            ))
+        assert!(
+            s.begin_snapshot().unwrap().is_none(),
+            "nothing newer to snapshot"
         );
+
+        // A request for a later index than anything applied must wait.
+        assert_eq!(s.snapshot(4, 2), unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_stale_snapshot_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RaftStorage::open(dir.path()).await.unwrap();
+        s.append((1..=10).map(|i| entry(i, 1)).collect(), None, true)
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            s.replica().skip(i);
+        }
+        let old = s.begin_snapshot().unwrap().unwrap().build();
+        // Meanwhile the leader sends a newer snapshot, which replaces the log.
+        let sm = state_with_nodes(20, 2);
+        s.install_snapshot(snapshot(20, 2, vec![1], &sm), None)
+            .await
+            .unwrap();
+        assert_eq!(s.finish_snapshot(old, 0).await.unwrap(), None);
+        assert_eq!(s.snapshot_index(), 20);
+        assert_eq!(s.first_index().unwrap(), 21);
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::error::Error;
 use crate::node::RaftHandle;
 
 /// Largest raft message accepted or sent over gRPC. Snapshots travel as one message, so this is
@@ -39,6 +40,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
+/// A peer that stays unreachable is warned about on every this many failures (about a minute).
+const FAILURE_WARN_EVERY: u64 = 20;
 /// At most one "queue full" warning per peer per this period.
 const DROP_WARN_PERIOD: Duration = Duration::from_secs(5);
 
@@ -220,6 +223,8 @@ impl Transport for GrpcTransport {
                 channel: None,
                 stream: None,
                 backoff: MIN_BACKOFF,
+                failures: 0,
+                warn_at: 0,
                 down_until: None,
             };
             tokio::spawn(task.run());
@@ -260,6 +265,10 @@ struct PeerTask {
     channel: Option<Channel>,
     stream: Option<OpenStream>,
     backoff: Duration,
+    /// Failures in a row.
+    failures: u64,
+    /// The failure count at which to warn again.
+    warn_at: u64,
     /// While set and in the future, messages are dropped instead of sent.
     down_until: Option<Instant>,
 }
@@ -294,17 +303,27 @@ impl PeerTask {
         }
     }
 
-    /// Marks the peer down for a backoff period and tells raft.
+    /// Marks the peer down for a backoff period and tells raft. Warns on the first failure in a
+    /// row and then about once a minute.
     fn failed(&mut self, reason: &str, lived: Option<Duration>) {
         if lived.is_some_and(|d| d >= MAX_BACKOFF) {
             self.backoff = MIN_BACKOFF;
+            self.failures = 0;
+            self.warn_at = 0;
         }
-        tracing::warn!(
-            to = self.id,
-            addr = %self.addr,
-            retry_in_ms = self.backoff.as_millis() as u64,
-            "cannot reach raft peer: {reason}"
-        );
+        if self.failures >= self.warn_at {
+            self.warn_at = self.failures + FAILURE_WARN_EVERY;
+            tracing::warn!(
+                to = self.id,
+                addr = %self.addr,
+                failures = self.failures + 1,
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "cannot reach raft peer: {reason}"
+            );
+        } else {
+            tracing::debug!(to = self.id, addr = %self.addr, "cannot reach raft peer: {reason}");
+        }
+        self.failures += 1;
         self.down_until = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.report_unreachable();
@@ -479,10 +498,10 @@ impl Raft for RaftService {
         while let Some(item) = stream.message().await? {
             let msg = Message::parse_from_bytes(&item.message)
                 .map_err(|e| tonic::Status::invalid_argument(format!("not a raft message: {e}")))?;
-            self.handle
-                .step(msg)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            self.handle.step(msg).await.map_err(|e| match e {
+                Error::Storage(_) => tonic::Status::invalid_argument(e.to_string()),
+                _ => tonic::Status::unavailable(e.to_string()),
+            })?;
         }
         Ok(tonic::Response::new(SendResponse {}))
     }

@@ -1,15 +1,16 @@
 //! Three members over the real gRPC transport on 127.0.0.1 (plain HTTP/2): joins through
-//! snapshots larger than gRPC's default 4 MiB limit, replication, leader failover, NotLeader.
+//! snapshots larger than gRPC's default 4 MiB limit, replication, leader failover, removal,
+//! NotLeader answers. Leadership may move at any time on a loaded machine, so the test always
+//! asks who leads rather than assuming it.
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, create_node, eventually, init_tracing, initial_state, node, wait_for_leader};
-use rswarm_raft::{bootstrap, GrpcTransport, RaftHandle, RaftNode, RaftService};
-use rswarm_store::{Node, StateMachine, StoreError, Txn};
+use rswarm_raft::{bootstrap, Error, GrpcTransport, RaftHandle, RaftNode, RaftService};
+use rswarm_store::{Node, StateMachine, StoreError, Txn, TxnError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -45,9 +46,13 @@ async fn start_member(
         cancel.clone(),
     ));
     let mut cfg = config(id, dir.path());
+    // Compact often and keep no entries: followers must catch up through snapshots.
     cfg.snapshot_interval = 20;
+    cfg.log_entries_for_slow_followers = 0;
     cfg.join_peers = join_peers;
-    let handle = RaftNode::start(cfg, transport, cancel.clone()).await.unwrap();
+    let handle = RaftNode::start(cfg, transport, cancel.clone())
+        .await
+        .unwrap();
     let server = Server::builder()
         .add_service(RaftService::new(handle.clone()).into_server())
         .serve_with_incoming_shutdown(
@@ -68,21 +73,84 @@ fn state(m: &Member) -> StateMachine {
     m.handle.replica().read(StateMachine::clone)
 }
 
-/// Waits until every member's replica equals `want` (same index, same objects).
-async fn converge(members: &[&Member], want: &StateMachine) {
-    for m in members {
-        let handle = m.handle.clone();
-        let want = want.clone();
-        eventually(&format!("member {} to catch up", m.id), WAIT, move || {
-            let handle = handle.clone();
-            let want = want.clone();
-            async move {
-                let have = handle.replica().read(StateMachine::clone);
-                (have == want).then_some(())
-            }
-        })
-        .await;
+/// The member that currently leads (waits for one).
+async fn leader<'a>(members: &[&'a Member]) -> &'a Member {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(m) = members
+            .iter()
+            .filter(|m| m.handle.status().is_leader)
+            .max_by_key(|m| m.handle.status().term)
+        {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader among the members"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Creates node `id` through whichever member leads, retrying while leadership moves.
+async fn create_through_leader(members: &[&Member], id: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut retried = false;
+    loop {
+        let l = leader(members).await;
+        match l.handle.store().commit(create_node(id)).await {
+            Ok(_) => return,
+            // An earlier attempt was committed although its leader stepped down before answering.
+            Err(StoreError::Txn(TxnError::Exists { .. })) if retried => return,
+            Err(StoreError::NotLeader { .. }) => {}
+            Err(e) => panic!("committing {id}: {e}"),
+        }
+        retried = true;
+        assert!(tokio::time::Instant::now() < deadline, "cannot commit {id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Adds or removes a member through whichever member leads, retrying while leadership moves.
+async fn change_membership(members: &[&Member], add: Option<&Member>, remove: Option<u64>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut retried = false;
+    loop {
+        let l = leader(members).await;
+        let result = match (add, remove) {
+            (Some(m), _) => l.handle.add_member(m.id, m.addr.clone()).await,
+            (None, Some(id)) => l.handle.remove_member(id).await,
+            (None, None) => return,
+        };
+        match result {
+            Ok(()) => return,
+            Err(Error::MemberExists(_) | Error::UnknownMember(_)) if retried => return,
+            Err(Error::NotLeader { .. }) => {}
+            Err(e) => panic!("changing membership: {e}"),
+        }
+        retried = true;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cannot change membership"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every member's replica is the same and at least at `min_index`.
+async fn converge(members: &[&Member], min_index: u64) -> StateMachine {
+    let handles: Vec<RaftHandle> = members.iter().map(|m| m.handle.clone()).collect();
+    eventually("the replicas to converge", WAIT, move || {
+        let states: Vec<StateMachine> = handles
+            .iter()
+            .map(|h| h.replica().read(StateMachine::clone))
+            .collect();
+        async move {
+            let first = states.first()?;
+            (first.index() >= min_index && states.iter().all(|s| s == first)).then(|| first.clone())
+        }
+    })
+    .await
 }
 
 /// A node with a 250 KB label: 24 of them make the state (and a snapshot) about 6 MB.
@@ -92,8 +160,37 @@ fn big_node(i: usize) -> Txn {
     Txn::new(vec![Txn::create(n)])
 }
 
-fn bootstrap_dir(dir: &Path, addr: &str) {
-    bootstrap(dir, 1, addr, initial_state()).unwrap();
+/// Asks a follower to commit and to change membership until it answers NotLeader naming the
+/// current leader (it may briefly name an older one, or none, while leadership moves).
+async fn assert_follower_redirects(members: &[&Member]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let l = leader(members).await;
+        let f = members.iter().find(|m| m.id != l.id).expect("a follower");
+        let commit = f.handle.store().commit(create_node("refused")).await;
+        // Removing a member that does not exist is harmless should `f` lead by now.
+        let change = f.handle.remove_member(99).await;
+        let outcome = format!("{commit:?} / {change:?}");
+        if let (
+            Err(StoreError::NotLeader {
+                leader_addr: Some(a),
+            }),
+            Err(Error::NotLeader {
+                leader_addr: Some(b),
+            }),
+        ) = (commit, change)
+        {
+            if a == l.addr && b == l.addr {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a follower never named the leader {}: {outcome}",
+            l.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +199,7 @@ async fn three_members_replicate_and_fail_over() {
     // Member 1: a new cluster with a compacted log and a state bigger than 4 MiB.
     let (l1, a1) = listen().await;
     let d1 = tempfile::tempdir().unwrap();
-    bootstrap_dir(d1.path(), &a1);
+    bootstrap(d1.path(), 1, &a1, initial_state()).unwrap();
     let m1 = start_member(1, d1, l1, a1.clone(), Vec::new()).await;
     wait_for_leader(&m1.handle).await;
     let store1 = m1.handle.store();
@@ -125,10 +222,10 @@ async fn three_members_replicate_and_fail_over() {
         vec![(1, a1.clone())],
     )
     .await;
-    m1.handle.add_member(2, a2.clone()).await.unwrap();
-    converge(&[&m2], &state(&m1)).await;
+    change_membership(&[&m1], Some(&m2), None).await;
+    converge(&[&m1, &m2], s1.index() + 1).await;
 
-    // Member 3 likewise; then both followers see new commits.
+    // Member 3 likewise; then every member sees new commits.
     let (l3, a3) = listen().await;
     let m3 = start_member(
         3,
@@ -138,88 +235,79 @@ async fn three_members_replicate_and_fail_over() {
         vec![(1, a1.clone()), (2, a2.clone())],
     )
     .await;
-    m1.handle.add_member(3, a3.clone()).await.unwrap();
+    let all = [&m1, &m2, &m3];
+    change_membership(&all[..2], Some(&m3), None).await;
     for i in 0..40 {
-        store1.commit(create_node(format!("b{i}"))).await.unwrap();
+        create_through_leader(&all, &format!("b{i}")).await;
     }
-    let want = state(&m1);
-    assert_eq!(want.list::<Node>().count(), 24 + 40 + 40);
-    converge(&[&m2, &m3], &want).await;
-    let status = m1.handle.status();
-    assert!(status.is_leader);
-    assert_eq!(
-        status.members.iter().map(|m| (m.id, m.addr.clone())).collect::<Vec<_>>(),
-        vec![(1, a1.clone()), (2, a2.clone()), (3, a3.clone())]
-    );
-    for m in [&m2, &m3] {
+    let l = leader(&all).await;
+    let want = state(l);
+    let got = converge(&all, want.index()).await;
+    assert_eq!(got.list::<Node>().count(), 24 + 40 + 40);
+    assert!(got.get::<Node>("big23").is_some() && got.get::<Node>("b39").is_some());
+    let expected_members = vec![(1, a1.clone()), (2, a2.clone()), (3, a3.clone())];
+    for m in all {
         let h = m.handle.clone();
-        eventually("the follower to know all members", WAIT, move || {
-            let h = h.clone();
-            async move { (h.status().members.len() == 3 && h.status().leader == Some(1)).then_some(()) }
+        let want = expected_members.clone();
+        eventually("every member to know all members", WAIT, move || {
+            let got: Vec<(u64, String)> = h
+                .status()
+                .members
+                .iter()
+                .map(|m| (m.id, m.addr.clone()))
+                .collect();
+            let want = want.clone();
+            async move { (got == want).then_some(()) }
         })
         .await;
     }
 
-    // A follower refuses commits and membership changes, naming the leader.
-    let err = m2.handle.store().commit(create_node("nope")).await.unwrap_err();
-    match err {
-        StoreError::NotLeader { leader_addr } => assert_eq!(leader_addr.as_deref(), Some(a1.as_str())),
-        other => panic!("expected NotLeader, got {other}"),
+    // Followers refuse commits and membership changes, naming the leader; the leader refuses a
+    // duplicate member.
+    assert_follower_redirects(&all).await;
+    let l = leader(&all).await;
+    match l.handle.add_member(2, a2.clone()).await {
+        Err(Error::MemberExists(2)) | Err(Error::NotLeader { .. }) => {}
+        other => panic!("adding member 2 again: {other:?}"),
     }
-    let err = m3.handle.add_member(4, "127.0.0.1:9".into()).await.unwrap_err();
-    assert!(matches!(err, rswarm_raft::Error::NotLeader { leader_addr: Some(ref a) } if *a == a1), "{err}");
-    let err = m1.handle.add_member(2, a2.clone()).await.unwrap_err();
-    assert!(matches!(err, rswarm_raft::Error::MemberExists(2)), "{err}");
 
     // The leader goes away; the other two elect a new one and carry on.
-    m1.cancel.cancel();
-    tokio::time::timeout(WAIT, m1.handle.wait_stopped())
+    let old = leader(&all).await;
+    let before = state(old).index();
+    old.cancel.cancel();
+    tokio::time::timeout(WAIT, old.handle.wait_stopped())
         .await
-        .expect("member 1 stops")
-        .expect("member 1 stops cleanly");
-    let (h2, h3) = (m2.handle.clone(), m3.handle.clone());
-    let leader = eventually("a new leader", WAIT, move || {
-        let (h2, h3) = (h2.clone(), h3.clone());
-        async move {
-            if h2.status().is_leader {
-                Some(2)
-            } else if h3.status().is_leader {
-                Some(3)
-            } else {
-                None
-            }
-        }
-    })
-    .await;
-    let (new_leader, other) = if leader == 2 { (&m2, &m3) } else { (&m3, &m2) };
-    let index = new_leader
-        .handle
-        .store()
-        .commit(create_node("after-failover"))
-        .await
-        .unwrap();
-    assert!(index > want.index());
-    let want = state(new_leader);
-    assert!(want.get::<Node>("after-failover").is_some());
-    converge(&[other], &want).await;
+        .expect("the old leader stops")
+        .expect("the old leader stops cleanly");
+    let rest: Vec<&Member> = all.iter().copied().filter(|m| m.id != old.id).collect();
+    let new_leader = leader(&rest).await;
+    assert_ne!(new_leader.id, old.id);
+    create_through_leader(&rest, "after-failover").await;
+    let s = converge(&rest, before + 1).await;
+    assert!(s.get::<Node>("after-failover").is_some());
+    assert_follower_redirects(&rest).await;
 
-    // The remaining follower now points at the new leader.
-    let h = other.handle.clone();
-    let leader_id = new_leader.id;
-    eventually("the follower to follow the new leader", WAIT, move || {
-        let h = h.clone();
-        async move { (h.status().leader == Some(leader_id)).then_some(()) }
-    })
-    .await;
-    let err = other.handle.store().commit(create_node("nope2")).await.unwrap_err();
-    match err {
-        StoreError::NotLeader { leader_addr } => {
-            assert_eq!(leader_addr.as_deref(), Some(new_leader.addr.as_str()))
-        }
-        other => panic!("expected NotLeader, got {other}"),
+    // The dead member is removed; the remaining two carry on as a two-member cluster.
+    change_membership(&rest, None, Some(old.id)).await;
+    let l = leader(&rest).await;
+    match l.handle.remove_member(old.id).await {
+        Err(Error::UnknownMember(id)) if id == old.id => {}
+        Err(Error::NotLeader { .. }) => {}
+        other => panic!("removing member {} again: {other:?}", old.id),
+    }
+    create_through_leader(&rest, "after-removal").await;
+    let s = converge(&rest, 0).await;
+    assert!(s.get::<Node>("after-removal").is_some());
+    for m in &rest {
+        let h = m.handle.clone();
+        eventually("every member to drop the removed one", WAIT, move || {
+            let n = h.status().members.len();
+            async move { (n == 2).then_some(()) }
+        })
+        .await;
     }
 
-    for m in [&m2, &m3] {
+    for m in &rest {
         m.cancel.cancel();
         tokio::time::timeout(WAIT, m.handle.wait_stopped())
             .await
