@@ -498,6 +498,45 @@ fn agent_down_and_back() {
     assert!(mgr.is_running(), "the manager exited:\n{}", mgr.log());
 }
 
+/// A host that vanishes (no FIN: its link goes down) is caught by missed heartbeats, not by the
+/// session closing; when it comes back, the agent reconnects by itself.
+#[test]
+fn vanished_host_is_down_by_missed_heartbeats() {
+    let Some(lab) = Lab::new("vanished_host") else {
+        return;
+    };
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let (_mgr, _init, workers) = cluster(&lab, 1, &[2]);
+    let down = h2.run(
+        "ip",
+        &["link", "set", "eth0", "down"],
+        Duration::from_secs(10),
+    );
+    down.assert_success("ip link set eth0 down on h2");
+    let took = wait_status(&lab, h1, "h2", "down", DOWN_TIMEOUT);
+    eprintln!("h2 shown down {took:.1?} after its link went down");
+    let node = find_node(&h1.node_ls(), "h2")
+        .cloned()
+        .expect("h2 is listed");
+    assert_eq!(
+        node["status_message"],
+        json!("heartbeat failure"),
+        "a silent host must be caught by the heartbeat deadline: {node}"
+    );
+    assert!(
+        workers[0].is_running(),
+        "h2's agent must still run while its link is down"
+    );
+    let up = h2.run(
+        "ip",
+        &["link", "set", "eth0", "up"],
+        Duration::from_secs(10),
+    );
+    up.assert_success("ip link set eth0 up on h2");
+    let took = wait_status(&lab, h1, "h2", "ready", READY_TIMEOUT);
+    eprintln!("h2 ready again {took:.1?} after its link came back");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 3. manager restart
 // ---------------------------------------------------------------------------------------------------

@@ -501,29 +501,27 @@ impl Proc {
             .flatten()
     }
 
-    /// Sends `sig` to the process group (the daemon and any children it left in it), unless the
-    /// process has already been reaped (its pid could have been reused).
+    /// Sends `sig` to the process, unless it has already been reaped (its pid could be reused).
     fn signal(&self, sig: Signal) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if child.try_wait().ok().flatten().is_none() {
-            let pid = Pid::from_raw(self.pid as i32);
-            let _ = kill(pid, sig);
-            if sig == Signal::SIGKILL {
-                let _ = killpg(pid, sig);
-            }
+            let _ = kill(Pid::from_raw(self.pid as i32), sig);
         }
     }
 
-    fn kill_and_reap(&self) -> ExitStatus {
+    /// SIGKILLs the process (and, with `group`, its process group) and reaps it.
+    fn kill_and_reap(&self, group: bool) -> ExitStatus {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(Some(st)) = child.try_wait() {
-            // Also clear the group: children the daemon left behind.
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            // Already reaped: its pid (and so its group id) may belong to someone else by now.
+            // Children it left behind are killed by the namespace sweep in `Lab::drop`.
             return st;
         }
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGKILL);
-        let _ = killpg(pid, Signal::SIGKILL);
+        if group {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
         child.wait().expect("wait for killed daemon")
     }
 
@@ -572,9 +570,16 @@ impl Daemon {
         self.proc_.try_status()
     }
 
-    /// SIGKILL (process and its group) and reap; returns the exit status.
+    /// `kill -9 PID` and reap; returns the exit status. Only the process itself is killed (anything
+    /// it started, e.g. containers, is left running, as with a real `kill -9`); see
+    /// [`Daemon::kill9_group`].
     pub fn kill9(&self) -> ExitStatus {
-        self.proc_.kill_and_reap()
+        self.proc_.kill_and_reap(false)
+    }
+
+    /// SIGKILL the process and its whole process group, and reap it.
+    pub fn kill9_group(&self) -> ExitStatus {
+        self.proc_.kill_and_reap(true)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; on timeout it SIGKILLs and panics with the
@@ -585,7 +590,7 @@ impl Daemon {
         match self.wait_exit(timeout) {
             Some(st) => st,
             None => {
-                self.kill9();
+                self.kill9_group();
                 panic!(
                     "{} did not exit within {timeout:?} of SIGTERM\n{}",
                     self.proc_.label,
@@ -1397,7 +1402,7 @@ impl Drop for Lab {
         let mut states = Vec::new();
         for p in &procs {
             let before = p.try_status();
-            let st = p.kill_and_reap();
+            let st = p.kill_and_reap(true);
             states.push(match before {
                 Some(st) => format!("had exited: {st}"),
                 None => format!(

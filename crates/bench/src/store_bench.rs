@@ -68,13 +68,13 @@ impl Member {
         .await
         .context("the bootstrap task failed")??;
         let cancel = CancellationToken::new();
-        let handle = RaftNode::start(
-            RaftConfig::new(1, dir),
-            Arc::new(NoPeers),
-            cancel.child_token(),
-        )
-        .await
-        .context("cannot start the raft member")?;
+        let mut cfg = RaftConfig::new(1, dir);
+        if let Ok(v) = std::env::var("TMP_SNAP") {
+            cfg.snapshot_interval = v.parse().unwrap();
+        }
+        let handle = RaftNode::start(cfg, Arc::new(NoPeers), cancel.child_token())
+            .await
+            .context("cannot start the raft member")?;
         let member = Member { handle, cancel };
         let deadline = Instant::now() + START_TIMEOUT;
         while !member.handle.status().is_leader {

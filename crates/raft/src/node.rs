@@ -168,6 +168,28 @@ impl Waiter {
     }
 }
 
+/// The result of an applied proposal, to be sent to its waiter.
+enum Resolution {
+    Commit(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+    Member(oneshot::Sender<Result<(), Error>>, Result<(), Error>),
+}
+
+impl Resolution {
+    fn send(self) {
+        match self {
+            Resolution::Commit(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Resolution::Member(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
 /// A proposal in the log, waiting to be applied.
 struct Pending {
     /// The leader term it was proposed in; only an entry of this term resolves it.
@@ -285,6 +307,7 @@ impl RaftNode {
             status: status_tx,
             leadership: (StateRole::Follower, 0),
             decoded_snapshot: None,
+            resolved: Vec::new(),
         };
         let inbox = Inbox {
             proposals,
@@ -507,6 +530,8 @@ struct Driver {
     leadership: (StateRole, u64),
     /// The last snapshot received, decoded, until raft hands it back in a Ready.
     decoded_snapshot: Option<DecodedSnapshot>,
+    /// Results of applied proposals, sent once the status is published.
+    resolved: Vec<Resolution>,
 }
 
 impl Driver {
@@ -584,7 +609,10 @@ impl Driver {
     ) -> Result<(), Error> {
         self.propose_member_changes();
         self.handle_readies().await?;
-        self.check_leadership();
+        if self.raw.snap().is_none() {
+            // Raft did not take the received snapshot (or installed it already).
+            self.decoded_snapshot = None;
+        }
         // A conf change applied above may let the next queued one go.
         if !self.member_queue.is_empty() {
             self.propose_member_changes();
@@ -607,7 +635,12 @@ impl Driver {
             None => {}
         }
         self.maybe_start_snapshot(job)?;
+        // Publish first, so that whoever a result wakes sees a status at least that new.
         self.publish_status();
+        for r in self.resolved.drain(..) {
+            r.send();
+        }
+        self.check_leadership();
         Ok(())
     }
 
@@ -849,12 +882,15 @@ impl Driver {
                     };
                     match self.take_waiter(&entry) {
                         Some(Waiter::Commit(tx)) => {
-                            let _ = tx.send(result);
+                            self.resolved.push(Resolution::Commit(tx, result));
                         }
                         Some(Waiter::Member(tx)) => {
-                            let _ = tx.send(Err(Error::ConfChange(
-                                "the membership change was dropped by raft".into(),
-                            )));
+                            self.resolved.push(Resolution::Member(
+                                tx,
+                                Err(Error::ConfChange(
+                                    "the membership change was dropped by raft".into(),
+                                )),
+                            ));
                         }
                         None => {}
                     }
@@ -864,12 +900,15 @@ impl Driver {
                     self.replica.skip(index);
                     match self.take_waiter(&entry) {
                         Some(Waiter::Member(tx)) => {
-                            let _ = tx.send(result);
+                            self.resolved.push(Resolution::Member(tx, result));
                         }
                         Some(Waiter::Commit(tx)) => {
-                            let _ = tx.send(Err(StoreError::Backend(
-                                "the proposal was committed as a membership change".into(),
-                            )));
+                            self.resolved.push(Resolution::Commit(
+                                tx,
+                                Err(StoreError::Backend(
+                                    "the proposal was committed as a membership change".into(),
+                                )),
+                            ));
                         }
                         None => {}
                     }
@@ -1052,6 +1091,10 @@ impl Driver {
     }
 
     fn shutdown(&mut self) {
+        // Applied before the stop: those results stand.
+        for r in self.resolved.drain(..) {
+            r.send();
+        }
         for (_, p) in self.pending.drain() {
             p.waiter.fail(None);
         }

@@ -307,6 +307,24 @@ async fn three_members_replicate_and_fail_over() {
         .await;
     }
 
+    // Without its follower the leader cannot commit: a pending commit fails with NotLeader once
+    // the leader notices it lost its quorum and steps down.
+    let l = leader(&rest).await;
+    let f = rest.iter().find(|m| m.id != l.id).expect("a follower");
+    f.cancel.cancel();
+    tokio::time::timeout(WAIT, f.handle.wait_stopped())
+        .await
+        .expect("the follower stops")
+        .expect("the follower stops cleanly");
+    let lost = tokio::time::timeout(WAIT, l.handle.store().commit(create_node("lost")))
+        .await
+        .expect("a commit without quorum resolves");
+    assert!(
+        matches!(lost, Err(StoreError::NotLeader { .. })),
+        "{lost:?}"
+    );
+    assert!(!l.handle.status().is_leader);
+
     for m in &rest {
         m.cancel.cancel();
         tokio::time::timeout(WAIT, m.handle.wait_stopped())
