@@ -22,7 +22,7 @@ use anyhow::{anyhow, Context as _};
 use clap::{Parser, ValueEnum};
 
 use crate::cluster::{Cluster, Failure};
-use crate::stats::{fmt_duration, fmt_kib, fmt_rate, Summary};
+use crate::stats::{fmt_duration, fmt_kib, fmt_period, fmt_rate, Summary};
 use crate::store_bench::StoreResult;
 use crate::table::{Align, Table};
 
@@ -229,11 +229,7 @@ impl Report {
     }
 
     pub fn store_row(&mut self, r: &StoreResult) {
-        let setting = format!(
-            "{} in flight, {} s",
-            r.concurrency,
-            r.elapsed.as_secs_f64().round()
-        );
+        let setting = format!("{} in flight, {}", r.concurrency, fmt_period(r.duration));
         self.latency_row(
             "1",
             "Store commit, fsync on",
@@ -311,6 +307,13 @@ fn default_tmp_parent() -> PathBuf {
     }
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn os_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -373,7 +376,7 @@ impl<L: Write> Run<'_, L> {
             self.log,
             "cluster: manager up in {}; heartbeat period {}",
             cluster.dir().display(),
-            fmt_duration(heartbeat)
+            fmt_period(heartbeat)
         );
 
         let workers = self.plan.workers();
@@ -397,7 +400,7 @@ impl<L: Write> Run<'_, L> {
                 "Join → Ready",
                 &format!(
                     "{workers} sequential `rswarm join` processes, spawn → `ready`, ListNodes every {}",
-                    fmt_duration(self.plan.poll)
+                    fmt_period(self.plan.poll)
                 ),
                 &s,
                 DASH,
@@ -405,10 +408,23 @@ impl<L: Write> Run<'_, L> {
             );
         }
 
-        if self.plan.runs(Part::Rss) {
-            self.rss(&mut cluster, workers).await?;
+        // Measured before the node-down part (which takes workers away), listed after it.
+        let rss_rows = if self.plan.runs(Part::Rss) {
+            self.rss(&cluster, workers).await?
+        } else {
+            Vec::new()
+        };
+        let down = self.down(&mut cluster, heartbeat).await;
+        for row in rss_rows {
+            self.report.table_row(row);
         }
+        down?;
+        progress!(self.log, "cluster: stopping every process ...");
+        drop(cluster);
+        Ok(())
+    }
 
+    async fn down(&mut self, cluster: &mut Cluster, heartbeat: Duration) -> anyhow::Result<()> {
         if self.plan.runs(Part::Down) {
             let mut next = 0;
             let cases = [
@@ -422,10 +438,7 @@ impl<L: Write> Run<'_, L> {
                 (
                     "3b",
                     "Node down: `SIGSTOP` agent",
-                    format!(
-                        "missed heartbeats, 3 × {}",
-                        fmt_duration(heartbeat).replace(".0 ", " ")
-                    ),
+                    format!("missed heartbeats, 3 × {}", fmt_period(heartbeat)),
                     Failure::Stop,
                     self.plan.stop_samples,
                 ),
@@ -450,82 +463,43 @@ impl<L: Write> Run<'_, L> {
                     what,
                     &setting,
                     &s,
-                    &format!("p50 {}", compare_time(s.p50, SWARM_NODE_DOWN)),
+                    &format!("p50 {} than Swarm", compare_time(s.p50, SWARM_NODE_DOWN)),
                     &format!(
-                        "{} (worker killed → node DOWN)",
-                        fmt_duration(SWARM_NODE_DOWN)
+                        "{:.1} s (worker killed → node DOWN)",
+                        SWARM_NODE_DOWN.as_secs_f64()
                     ),
                 );
             }
         }
-        progress!(self.log, "cluster: stopping every process ...");
-        drop(cluster);
         Ok(())
     }
 
-    async fn rss(&mut self, cluster: &mut Cluster, workers: usize) -> anyhow::Result<()> {
+    /// Idle RSS of the manager and the agents: the table rows.
+    async fn rss(&mut self, cluster: &Cluster, workers: usize) -> anyhow::Result<Vec<Row>> {
         progress!(self.log, "rss: idle for {:?} ...", self.plan.idle);
         tokio::time::sleep(self.plan.idle).await;
-        let setting = format!(
-            "{workers} workers joined, {} s idle",
-            self.plan.idle.as_secs_f64().round()
-        );
         let manager = fsinfo::rss_kib(cluster.manager.pid()).context("manager RSS")?;
         let mut agents = Vec::new();
         for w in &cluster.workers {
-            agents.push((
-                w.hostname.clone(),
-                fsinfo::rss_kib(w.daemon.pid())
-                    .with_context(|| format!("RSS of {}", w.hostname))?,
-            ));
+            let kib = fsinfo::rss_kib(w.daemon.pid())
+                .with_context(|| format!("RSS of {}", w.hostname))?;
+            agents.push((w.hostname.clone(), kib));
         }
-        let swarm_mb = SWARM_DOCKERD_MB + SWARM_CONTAINERD_MB;
-        self.report.value_row(
-            "4",
-            "Idle RSS: manager (`rswarm init`)",
-            &setting,
-            &fmt_kib(manager),
-            DASH,
-        );
-        let (host, first) = agents.first().cloned().context("no agents")?;
-        self.report.value_row(
-            "4",
-            &format!("Idle RSS: one agent ({host})"),
-            &setting,
-            &format!(
-                "{} ({} than Swarm's worker)",
-                fmt_kib(first),
-                compare_size(first as f64 / 1024.0, swarm_mb)
-            ),
-            &format!(
-                "dockerd {SWARM_DOCKERD_MB:.0} MB + containerd {SWARM_CONTAINERD_MB:.0} MB = {swarm_mb:.0} MB"
-            ),
-        );
-        let mut sorted: Vec<u64> = agents.iter().map(|(_, k)| *k).collect();
-        sorted.sort_unstable();
-        let p50 = stats::percentile(&sorted, 50.0).unwrap_or_default();
-        let p99 = stats::percentile(&sorted, 99.0).unwrap_or_default();
-        let max = sorted.last().copied().unwrap_or_default();
-        let sum: u64 = sorted.iter().sum();
-        self.report.table_row([
-            "4".to_string(),
-            "Idle RSS: every agent".to_string(),
-            setting,
-            sorted.len().to_string(),
-            fmt_kib(p50),
-            fmt_kib(p99),
-            fmt_kib(max),
-            format!("all agents + manager: {}", fmt_kib(sum + manager)),
-            DASH.to_string(),
-        ]);
         progress!(
             self.log,
-            "rss: manager {}, agents p50 {} max {}",
+            "rss: manager {}, agents {}",
             fmt_kib(manager),
-            fmt_kib(p50),
-            fmt_kib(max)
+            agents
+                .iter()
+                .map(|(_, k)| fmt_kib(*k))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        Ok(())
+        let setting = format!(
+            "{workers} workers joined, {} idle",
+            fmt_period(self.plan.idle)
+        );
+        rss_rows(&setting, manager, &agents)
     }
 
     async fn all(&mut self) {
@@ -544,9 +518,68 @@ impl<L: Write> Run<'_, L> {
     }
 }
 
+/// One row of the results table.
+pub type Row = [String; 9];
+
+/// The RSS rows: the manager, the first agent against Swarm's worker, and every agent.
+pub fn rss_rows(
+    setting: &str,
+    manager_kib: u64,
+    agents: &[(String, u64)],
+) -> anyhow::Result<Vec<Row>> {
+    let (host, first) = agents.first().cloned().context("no agents")?;
+    let swarm_mb = SWARM_DOCKERD_MB + SWARM_CONTAINERD_MB;
+    let mut sorted: Vec<u64> = agents.iter().map(|(_, k)| *k).collect();
+    sorted.sort_unstable();
+    let pct = |p| fmt_kib(stats::percentile(&sorted, p).unwrap_or_default());
+    let sum: u64 = sorted.iter().sum();
+    let s = |v: &str| v.to_string();
+    Ok(vec![
+        [
+            s("4"),
+            s("Idle RSS: manager (`rswarm init`)"),
+            s(setting),
+            s("1"),
+            s(DASH),
+            s(DASH),
+            s(DASH),
+            fmt_kib(manager_kib),
+            s(DASH),
+        ],
+        [
+            s("4"),
+            format!("Idle RSS: one agent ({host})"),
+            s(setting),
+            s("1"),
+            s(DASH),
+            s(DASH),
+            s(DASH),
+            format!(
+                "{} ({} than Swarm's worker)",
+                fmt_kib(first),
+                compare_size(first as f64 / 1024.0, swarm_mb)
+            ),
+            format!(
+                "dockerd {SWARM_DOCKERD_MB:.0} MB + containerd {SWARM_CONTAINERD_MB:.0} MB = {swarm_mb:.0} MB"
+            ),
+        ],
+        [
+            s("4"),
+            s("Idle RSS: every agent"),
+            s(setting),
+            sorted.len().to_string(),
+            pct(50.0),
+            pct(99.0),
+            pct(100.0),
+            format!("all agents + manager: {}", fmt_kib(sum + manager_kib)),
+            s(DASH),
+        ],
+    ])
+}
+
 impl Report {
     /// A row as given.
-    pub fn table_row(&mut self, cells: [String; 9]) {
+    pub fn table_row(&mut self, cells: Row) {
         self.table.row(cells);
     }
 }
@@ -579,6 +612,10 @@ pub async fn run(args: Args, out: &mut impl Write, log: &mut impl Write) -> anyh
     ));
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.context(format!("machine: {cpus} CPUs, Linux {}", os_release()));
+    report.context(format!(
+        "load average at start: {} (other work on the machine skews every figure)",
+        load_average()
+    ));
     report.context(format!("binaries: {}", bin_dir.display()));
     report.context(format!(
         "temp dirs (raft store, state dirs): {}",
@@ -615,6 +652,17 @@ pub async fn run(args: Args, out: &mut impl Write, log: &mut impl Write) -> anyh
              so they include up to one poll interval plus one RPC. With fewer than 100 samples, \
              p99 is the maximum.",
         );
+    }
+    if plan.runs(Part::Down) {
+        report.note(
+            "3b: the manager marks a node down once its last heartbeat is older than 3 periods \
+             (checked every period/4); the last beat came up to one period before the SIGSTOP, \
+             so from the SIGSTOP expect 2 to 3¼ periods (1.0–1.63 s at 500 ms). Swarm's 15.4 s \
+             is its 5 s heartbeat × 3.",
+        );
+    }
+    if let Err(e) = &outcome {
+        report.note(format!("the run was cut short ({e}): the table is partial"));
     }
     report.note(format!(
         "whole run: {:.0} s",
@@ -682,6 +730,22 @@ mod tests {
     }
 
     #[test]
+    fn rss_rows_compare_the_first_agent_with_swarm() {
+        let agents = [("w01".to_string(), 10_240), ("w02".to_string(), 12_288)];
+        let rows = rss_rows("idle", 20_480, &agents).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0][7], "20.0 MiB");
+        assert_eq!(rows[1][1], "Idle RSS: one agent (w01)");
+        assert_eq!(rows[1][7], "10.0 MiB (14× smaller than Swarm's worker)");
+        assert!(rows[1][8].ends_with("= 135 MB"), "{}", rows[1][8]);
+        assert_eq!(rows[2][3], "2");
+        assert_eq!(rows[2][4], "10.0 MiB");
+        assert_eq!(rows[2][6], "12.0 MiB");
+        assert_eq!(rows[2][7], "all agents + manager: 42.0 MiB");
+        assert!(rss_rows("idle", 1, &[]).is_err());
+    }
+
+    #[test]
     fn report_renders_title_context_table_and_notes() {
         let mut r = Report::new("t");
         r.context("machine: x");
@@ -702,10 +766,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "## t");
         assert_eq!(lines[2], "- machine: x");
-        assert!(lines[4].starts_with("| # | Measurement "), "{text}");
+        assert!(lines[4].starts_with("| #   | Measurement "), "{text}");
         assert!(lines[5].contains("--: |"), "{text}");
         assert!(lines[6].contains("| 5.00 ms |"), "{text}");
-        assert!(lines[7].contains("| 9.0 MiB |"), "{text}");
+        assert!(lines[7].contains("| 9.0 MiB "), "{text}");
         assert!(lines[8].contains("FAILED: outer: no\\|luck"), "{text}");
         assert_eq!(*lines.last().unwrap(), "- n1");
         assert_eq!(r.failures().len(), 1);

@@ -54,6 +54,18 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// A configured period: whole milliseconds as "500 ms", whole seconds as "5 s", else like
+/// [`fmt_duration`].
+pub fn fmt_period(d: Duration) -> String {
+    if d.subsec_nanos() == 0 && d.as_secs() > 0 {
+        format!("{} s", d.as_secs())
+    } else if d < Duration::from_secs(1) && Duration::from_millis(d.subsec_millis().into()) == d {
+        format!("{} ms", d.as_millis())
+    } else {
+        fmt_duration(d)
+    }
+}
+
 /// A rate with no more precision than it deserves: whole numbers from 100 up, one decimal below.
 pub fn fmt_rate(per_sec: f64, unit: &str) -> String {
     if per_sec >= 100.0 {
@@ -127,6 +139,16 @@ mod tests {
         assert_eq!(fmt_duration(ms(999)), "999.0 ms");
         assert_eq!(fmt_duration(ms(1_540)), "1.54 s");
         assert_eq!(fmt_duration(Duration::from_secs(15)), "15.00 s");
+    }
+
+    #[test]
+    fn periods_are_formatted_without_spurious_decimals() {
+        assert_eq!(fmt_period(ms(2)), "2 ms");
+        assert_eq!(fmt_period(ms(500)), "500 ms");
+        assert_eq!(fmt_period(Duration::from_secs(5)), "5 s");
+        assert_eq!(fmt_period(ms(1_500)), "1.50 s");
+        assert_eq!(fmt_period(Duration::from_micros(2_500)), "2.50 ms");
+        assert_eq!(fmt_period(Duration::ZERO), "0 ms");
     }
 
     #[test]

@@ -21,7 +21,10 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct StoreResult {
     pub concurrency: usize,
+    /// How long new commits were started.
+    pub duration: Duration,
     pub commits: usize,
+    /// Until the last commit resolved.
     pub elapsed: Duration,
     pub latency: Summary,
 }
@@ -68,13 +71,13 @@ impl Member {
         .await
         .context("the bootstrap task failed")??;
         let cancel = CancellationToken::new();
-        let mut cfg = RaftConfig::new(1, dir);
-        if let Ok(v) = std::env::var("TMP_SNAP") {
-            cfg.snapshot_interval = v.parse().unwrap();
-        }
-        let handle = RaftNode::start(cfg, Arc::new(NoPeers), cancel.child_token())
-            .await
-            .context("cannot start the raft member")?;
+        let handle = RaftNode::start(
+            RaftConfig::new(1, dir),
+            Arc::new(NoPeers),
+            cancel.child_token(),
+        )
+        .await
+        .context("cannot start the raft member")?;
         let member = Member { handle, cancel };
         let deadline = Instant::now() + START_TIMEOUT;
         while !member.handle.status().is_leader {
@@ -152,6 +155,7 @@ pub async fn run_level(
     let latency = Summary::of(&latencies).context("no commit finished")?;
     Ok(StoreResult {
         concurrency,
+        duration,
         commits: latencies.len(),
         elapsed,
         latency,

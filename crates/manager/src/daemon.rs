@@ -13,7 +13,6 @@ use rswarm_api::ca::v1::certificate_authority_server::CertificateAuthorityServer
 use rswarm_api::control::v1::control_server::ControlServer;
 use rswarm_api::dispatcher::v1::dispatcher_server::DispatcherServer;
 use rswarm_api::local::v1::local_server::LocalServer;
-use rswarm_api::raft::v1::raft_server::RaftServer;
 use rswarm_ca::transport::{tls_channel, tls_incoming, unix_incoming};
 use rswarm_ca::{tls, MANAGER_SERVER_NAME};
 use rswarm_raft::{GrpcTransport, RaftConfig, RaftNode, RaftService};
@@ -129,10 +128,9 @@ pub async fn run_manager(
             ControlService::new(store.clone(), monitor.clone()),
             manager_only.clone(),
         ))
-        .add_service(RaftServer::with_interceptor(
-            RaftService::new(raft.clone()),
-            raft_peers_only,
-        ))
+        // Not `RaftServer::with_interceptor`: the raft service lifts gRPC's 4 MiB message limit so
+        // that snapshots larger than that reach joining managers (Swarm's join bug).
+        .add_service(RaftService::new(raft.clone()).with_interceptor(raft_peers_only))
         .serve_with_incoming_shutdown(
             tls_incoming(listener, server_tls),
             cancel.clone().cancelled_owned(),

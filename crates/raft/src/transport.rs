@@ -7,6 +7,7 @@
 //! reported to raft) and so that it does not hold up heartbeats.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::error::Error;
@@ -129,7 +131,14 @@ impl GrpcTransport {
         F: Fn(&str) -> Result<Channel, E> + Send + Sync + 'static,
         E: Into<BoxError>,
     {
-        let connect: ChannelFactory = Arc::new(move |addr: &str| connect(addr).map_err(Into::into));
+        Self::with_factory(
+            Arc::new(move |addr: &str| connect(addr).map_err(Into::into)),
+            cancel,
+        )
+    }
+
+    /// Like [`GrpcTransport::new`], with an already shared factory.
+    pub fn with_factory(connect: ChannelFactory, cancel: CancellationToken) -> Self {
         GrpcTransport {
             connect,
             cancel,
@@ -225,6 +234,7 @@ impl Transport for GrpcTransport {
                 backoff: MIN_BACKOFF,
                 failures: 0,
                 warn_at: 0,
+                snapshot_failures: Arc::new(AtomicU64::new(0)),
                 down_until: None,
             };
             tokio::spawn(task.run());
@@ -269,6 +279,8 @@ struct PeerTask {
     failures: u64,
     /// The failure count at which to warn again.
     warn_at: u64,
+    /// Snapshot sends that failed in a row (shared with the snapshot tasks).
+    snapshot_failures: Arc<AtomicU64>,
     /// While set and in the future, messages are dropped instead of sent.
     down_until: Option<Instant>,
 }
@@ -414,6 +426,7 @@ impl PeerTask {
         let (id, addr) = (self.id, self.addr.clone());
         let reporter = self.reporter.clone();
         let stop = self.stop.clone();
+        let failures = self.snapshot_failures.clone();
         let bytes = item.message.len();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -423,11 +436,9 @@ impl PeerTask {
                 () = stop.cancelled() => return,
                 r = tokio::time::timeout(SNAPSHOT_TIMEOUT, call) => r,
             };
-            let Some(reporter) = reporter_of(&reporter) else {
-                return;
-            };
-            match outcome {
+            let reason = match outcome {
                 Ok(Ok(_)) => {
+                    failures.store(0, Ordering::Relaxed);
                     tracing::info!(
                         to = id,
                         index,
@@ -435,21 +446,48 @@ impl PeerTask {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "sent a raft snapshot"
                     );
-                    reporter.snapshot_status(id, SnapshotStatus::Finish);
+                    if let Some(r) = reporter_of(&reporter) {
+                        r.snapshot_status(id, SnapshotStatus::Finish);
+                    }
+                    return;
                 }
-                Ok(Err(status)) => {
-                    tracing::warn!(to = id, %addr, index, bytes, "cannot send a raft snapshot: {status}");
-                    reporter.unreachable(id);
-                    reporter.snapshot_status(id, SnapshotStatus::Failure);
-                }
-                Err(_) => {
-                    tracing::warn!(to = id, %addr, index, bytes, "sending a raft snapshot timed out");
-                    reporter.unreachable(id);
-                    reporter.snapshot_status(id, SnapshotStatus::Failure);
-                }
+                Ok(Err(status)) => status.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            // Raft resends as soon as it hears of the failure: hold the report back a while, so
+            // that an unreachable peer is not sent a whole snapshot many times a second.
+            let failed = failures.fetch_add(1, Ordering::Relaxed);
+            let delay = backoff_after(failed);
+            if failed == 0 || failed.checked_rem(FAILURE_WARN_EVERY) == Some(0) {
+                tracing::warn!(
+                    to = id,
+                    %addr,
+                    index,
+                    bytes,
+                    failures = failed + 1,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot send a raft snapshot: {reason}"
+                );
+            } else {
+                tracing::debug!(to = id, index, "cannot send a raft snapshot: {reason}");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            if let Some(r) = reporter_of(&reporter) {
+                r.unreachable(id);
+                r.snapshot_status(id, SnapshotStatus::Failure);
             }
         });
     }
+}
+
+/// The backoff after `failures` failures in a row: doubling from [`MIN_BACKOFF`] up to
+/// [`MAX_BACKOFF`].
+fn backoff_after(failures: u64) -> Duration {
+    let factor = 1u32 << failures.min(16);
+    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
 fn open_stream(channel: Channel) -> OpenStream {
@@ -486,6 +524,19 @@ impl RaftService {
     pub fn into_server(self) -> RaftServer<RaftService> {
         RaftServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
+
+    /// [`RaftService::into_server`] behind an interceptor (the manager's peer authorisation).
+    /// Use this rather than `RaftServer::with_interceptor`, which keeps gRPC's 4 MiB limit and
+    /// so refuses snapshots of larger stores.
+    pub fn with_interceptor<F>(
+        self,
+        interceptor: F,
+    ) -> InterceptedService<RaftServer<RaftService>, F>
+    where
+        F: tonic::service::Interceptor,
+    {
+        InterceptedService::new(self.into_server(), interceptor)
+    }
 }
 
 #[tonic::async_trait]
@@ -504,5 +555,19 @@ impl Raft for RaftService {
             })?;
         }
         Ok(tonic::Response::new(SendResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff_after(0), MIN_BACKOFF);
+        assert_eq!(backoff_after(1), MIN_BACKOFF * 2);
+        assert_eq!(backoff_after(3), MIN_BACKOFF * 8);
+        assert_eq!(backoff_after(10), MAX_BACKOFF);
+        assert_eq!(backoff_after(u64::MAX), MAX_BACKOFF);
     }
 }

@@ -53,8 +53,9 @@ async fn start_member(
     let handle = RaftNode::start(cfg, transport, cancel.clone())
         .await
         .unwrap();
+    // Behind an interceptor, as the manager serves it (which authorises peers there).
     let server = Server::builder()
-        .add_service(RaftService::new(handle.clone()).into_server())
+        .add_service(RaftService::new(handle.clone()).with_interceptor(Ok))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             cancel.clone().cancelled_owned(),
