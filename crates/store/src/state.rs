@@ -3,7 +3,7 @@
 //! Every backend (embedded Raft, etcd) feeds the same committed transactions, in the same order, into
 //! [`StateMachine::apply`]. Given equal inputs, every replica ends in an equal state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +115,7 @@ pub struct ChangeBatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     index: u64,
-    tables: HashMap<Kind, BTreeMap<String, Object>>,
+    tables: BTreeMap<Kind, BTreeMap<String, Object>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -269,7 +269,7 @@ impl StateMachine {
         let data: SnapshotData = serde_json::from_slice(bytes)?;
         let mut sm = StateMachine {
             index: data.index,
-            tables: HashMap::new(),
+            tables: BTreeMap::new(),
         };
         for o in data.objects {
             sm.tables
@@ -409,6 +409,27 @@ mod tests {
             restored.get::<Cluster>(Cluster::ID).unwrap().cluster_id,
             "c1"
         );
+    }
+
+    #[test]
+    fn snapshots_are_byte_identical_across_replicas() {
+        let build = || {
+            let mut sm = StateMachine::new();
+            sm.apply(
+                1,
+                &txn(vec![
+                    Txn::create(node("b")),
+                    Txn::create(Cluster {
+                        id: Cluster::ID.into(),
+                        ..Cluster::default()
+                    }),
+                    Txn::create(node("a")),
+                ]),
+            )
+            .unwrap();
+            sm.snapshot()
+        };
+        assert_eq!(build(), build());
     }
 
     #[test]
