@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Auth;
 use crate::error::store_status;
 use crate::manager_addrs;
+use crate::monitor::Description;
 
 pub struct CaService {
     store: Store,
@@ -112,22 +113,21 @@ impl CertificateAuthority for CaService {
                 Duration::from_secs(cluster.cert_expiry_secs),
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let node = Node {
+        let mut node = Node {
             id: node_id.clone(),
             role: Some(NodeRole::Worker),
-            hostname: r.hostname,
-            addr: if r.advertise_addr.is_empty() {
-                remote_ip
-            } else {
-                r.advertise_addr
-            },
-            os: r.os,
-            arch: r.arch,
-            engine_version: r.engine_version,
             status: NodeStatus::Unknown,
-            cert_not_after: not_after_secs(&cert_pem),
             ..Node::default()
         };
+        Description::new(
+            r.hostname,
+            r.advertise_addr,
+            remote_ip,
+            (r.os, r.arch),
+            r.engine_version,
+            not_after_secs(&cert_pem),
+        )
+        .apply_to(&mut node);
         self.store
             .commit(Txn::new(vec![Txn::create(node)]))
             .await

@@ -73,21 +73,16 @@ impl Dispatcher for DispatcherService {
         }
         let session_id = new_id();
         let close = CancellationToken::new();
-        let description = Description {
-            hostname: r.hostname,
-            addr: if r.advertise_addr.is_empty() {
-                remote_ip
-            } else {
-                r.advertise_addr
-            },
-            os: r.os,
-            arch: r.arch,
-            engine_version: r.engine_version,
-            cert_not_after: peer
-                .not_after
+        let description = Description::new(
+            r.hostname,
+            r.advertise_addr,
+            remote_ip,
+            (r.os, r.arch),
+            r.engine_version,
+            peer.not_after
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        };
+        );
         self.monitor
             .open(
                 node_id.clone(),

@@ -27,6 +27,41 @@ pub struct Description {
     pub cert_not_after: u64,
 }
 
+impl Description {
+    /// What a node reports about itself; `addr` falls back to the address it called from.
+    pub fn new(
+        hostname: String,
+        advertise_addr: String,
+        remote_ip: String,
+        platform: (String, String),
+        engine_version: String,
+        cert_not_after: u64,
+    ) -> Self {
+        Description {
+            hostname,
+            addr: if advertise_addr.is_empty() {
+                remote_ip
+            } else {
+                advertise_addr
+            },
+            os: platform.0,
+            arch: platform.1,
+            engine_version,
+            cert_not_after,
+        }
+    }
+
+    /// Writes the description into a node object.
+    pub fn apply_to(&self, node: &mut Node) {
+        node.hostname.clone_from(&self.hostname);
+        node.addr.clone_from(&self.addr);
+        node.os.clone_from(&self.os);
+        node.arch.clone_from(&self.arch);
+        node.engine_version.clone_from(&self.engine_version);
+        node.cert_not_after = self.cert_not_after;
+    }
+}
+
 enum Msg {
     Open {
         node_id: String,
@@ -256,12 +291,7 @@ async fn set_status(
             next.status = status;
             next.status_message = message.to_string();
             if let Some(d) = description {
-                next.hostname.clone_from(&d.hostname);
-                next.addr.clone_from(&d.addr);
-                next.os.clone_from(&d.os);
-                next.arch.clone_from(&d.arch);
-                next.engine_version.clone_from(&d.engine_version);
-                next.cert_not_after = d.cert_not_after;
+                d.apply_to(&mut next);
             }
             if next == *node {
                 return Ok(vec![]);
