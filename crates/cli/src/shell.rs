@@ -90,7 +90,14 @@ where
 /// Prints a fatal error for the person at the terminal (logs may be JSON or filtered away).
 pub fn report(e: &anyhow::Error) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "Error: {e:#}");
+    let text = format!("{e:#}");
+    // Daemon refusals already read "Error response from daemon: …", as docker prints them.
+    let prefix = if text.starts_with("Error response from daemon") {
+        ""
+    } else {
+        "Error: "
+    };
+    let _ = writeln!(std::io::stderr(), "{prefix}{text}");
 }
 
 async fn shutdown_signal() {
