@@ -1249,3 +1249,67 @@ fn certificate_renewal() {
         tail(&mgr.log(), 60)
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// 11. `rswarm swarm …`: Docker's spelling, and cluster-wide settings
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn swarm_update_and_aliases() {
+    let Some(lab) = Lab::with_hosts("swarm_update", 2) else {
+        return;
+    };
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let (_mgr, init, _workers) = cluster(&lab, 1, &[2]);
+
+    let alias = h1.rswarm(&["swarm", "join-token", "-q", "worker"]);
+    alias.assert_success("rswarm swarm join-token -q worker");
+    assert_eq!(
+        alias.stdout.trim(),
+        init.token,
+        "the swarm alias prints the same token"
+    );
+
+    h1.rswarm(&[
+        "swarm",
+        "update",
+        "--dispatcher-heartbeat",
+        "2s",
+        "--cert-expiry",
+        "48h",
+    ])
+    .assert_success("rswarm swarm update");
+    let cluster_info = h1.info()["cluster"].clone();
+    assert_eq!(
+        cluster_info["heartbeat_period_ms"],
+        json!(2000),
+        "{cluster_info}"
+    );
+    assert_eq!(
+        cluster_info["cert_expiry_secs"],
+        json!(48 * 3600),
+        "{cluster_info}"
+    );
+
+    let bad = h1.rswarm(&["swarm", "update", "--dispatcher-heartbeat", "1ms"]);
+    assert_refused(&bad, "a heartbeat below the minimum");
+    assert!(
+        bad.stderr.contains("--dispatcher-heartbeat"),
+        "the refusal names the flag:\n{bad}"
+    );
+    assert_eq!(
+        h1.info()["cluster"]["heartbeat_period_ms"],
+        json!(2000),
+        "a refused update changes nothing"
+    );
+
+    let worker = h2.rswarm(&["swarm", "update", "--cert-expiry", "1h"]);
+    assert_refused_not_manager(&worker, "swarm update from a worker");
+    // Both nodes keep their sessions under the new period (the manager's deadline is now 6 s).
+    lab.hold_for(
+        Duration::from_secs(4),
+        Duration::from_millis(200),
+        || h1.all_ready(2),
+        "both nodes stay ready after the heartbeat period changed",
+    );
+}

@@ -145,6 +145,7 @@ forward! {
     remove_node(control::RemoveNodeRequest) -> control::RemoveNodeResponse;
     get_join_token(control::GetJoinTokenRequest) -> control::GetJoinTokenResponse;
     get_cluster(control::GetClusterRequest) -> control::GetClusterResponse;
+    update_cluster(control::UpdateClusterRequest) -> control::GetClusterResponse;
 }
 
 /// Whether a daemon was asked to leave.

@@ -21,11 +21,21 @@ use tonic::transport::Channel;
 use crate::client::{connect, parse_host, status_error, Host};
 use crate::output;
 use crate::shell::{init_logging, report, run_daemon};
-use crate::{Cli, Command, DaemonArgs, Global, InitArgs, JoinArgs, NodeCommand};
+use crate::{
+    Cli, Command, DaemonArgs, Global, InitArgs, JoinArgs, JoinTokenArgs, LeaveArgs, NodeCommand,
+    SwarmCommand, UpdateArgs,
+};
 
 /// Runs one invocation of `rswarm`.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+    let command = match cli.command {
+        Command::Swarm(SwarmCommand::Init(args)) => Command::Init(args),
+        Command::Swarm(SwarmCommand::Join(args)) => Command::Join(args),
+        Command::Swarm(SwarmCommand::JoinToken(args)) => Command::JoinToken(args),
+        Command::Swarm(SwarmCommand::Leave(args)) => Command::Leave(args),
+        other => other,
+    };
+    match command {
         Command::Init(args) => init(args),
         Command::Join(args) => join_cmd(args),
         other => {
@@ -167,12 +177,20 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
     let channel = connect(global).await?;
     let mut control = ControlClient::new(channel.clone());
     match command {
-        Command::Init(_) | Command::Join(_) => unreachable!("handled by run"),
-        Command::JoinToken {
+        Command::Init(_)
+        | Command::Join(_)
+        | Command::Swarm(
+            SwarmCommand::Init(_)
+            | SwarmCommand::Join(_)
+            | SwarmCommand::JoinToken(_)
+            | SwarmCommand::Leave(_),
+        ) => unreachable!("run() starts daemons itself and maps the swarm aliases"),
+        Command::Swarm(SwarmCommand::Update(args)) => swarm_update(&mut control, args).await?,
+        Command::JoinToken(JoinTokenArgs {
             role,
             quiet,
             rotate,
-        } => {
+        }) => {
             let r = control
                 .get_join_token(pb::GetJoinTokenRequest {
                     role: role.clone(),
@@ -201,13 +219,24 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if json_out {
-                print(&json(&output::info_json(&info)));
+            let cluster = if info.is_manager {
+                Some(
+                    control
+                        .get_cluster(pb::GetClusterRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner(),
+                )
             } else {
-                print(&output::info_text(&info));
+                None
+            };
+            if json_out {
+                print(&json(&output::info_json(&info, cluster.as_ref())));
+            } else {
+                print(&output::info_text(&info, cluster.as_ref()));
             }
         }
-        Command::Leave { force } => {
+        Command::Leave(LeaveArgs { force }) => {
             LocalClient::new(channel)
                 .leave(LeaveRequest { force })
                 .await
@@ -235,6 +264,26 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
             ));
         }
     }
+    Ok(())
+}
+
+async fn swarm_update(
+    control: &mut ControlClient<Channel>,
+    args: UpdateArgs,
+) -> anyhow::Result<()> {
+    if args.dispatcher_heartbeat.is_none() && args.cert_expiry.is_none() {
+        bail!("nothing to update: give --dispatcher-heartbeat and/or --cert-expiry");
+    }
+    control
+        .update_cluster(pb::UpdateClusterRequest {
+            heartbeat_period_ms: args
+                .dispatcher_heartbeat
+                .map_or(0, |d| d.as_millis().max(1) as u64),
+            cert_expiry_secs: args.cert_expiry.map_or(0, |d| d.as_secs().max(1)),
+        })
+        .await
+        .map_err(status_error)?;
+    print("Swarm updated.\n");
     Ok(())
 }
 

@@ -59,16 +59,7 @@ pub enum Command {
     Join(JoinArgs),
     /// Show (or rotate) the join token for workers or managers.
     #[command(name = "join-token")]
-    JoinToken {
-        /// worker or manager
-        role: String,
-        /// Print only the token.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Replace the token; the old one stops working for new joins.
-        #[arg(long)]
-        rotate: bool,
-    },
+    JoinToken(JoinTokenArgs),
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -79,13 +70,56 @@ pub enum Command {
         format: Option<String>,
     },
     /// Leave the cluster: stop this node's daemon and erase its state.
-    Leave {
-        /// Leave even as the last manager (destroys the cluster state).
-        #[arg(short, long)]
-        force: bool,
-    },
+    Leave(LeaveArgs),
+    /// Docker's spelling: `rswarm swarm init|join|join-token|leave|update`.
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
     /// Show the client and daemon versions.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwarmCommand {
+    /// Same as `rswarm init`.
+    Init(InitArgs),
+    /// Same as `rswarm join`.
+    Join(JoinArgs),
+    /// Same as `rswarm join-token`.
+    #[command(name = "join-token")]
+    JoinToken(JoinTokenArgs),
+    /// Same as `rswarm leave`.
+    Leave(LeaveArgs),
+    /// Change cluster-wide settings.
+    Update(UpdateArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct JoinTokenArgs {
+    /// worker or manager
+    pub role: String,
+    /// Print only the token.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Replace the token; the old one stops working for new joins.
+    #[arg(long)]
+    pub rotate: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LeaveArgs {
+    /// Leave even as the last manager (destroys the cluster state).
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct UpdateArgs {
+    /// Agents' heartbeat period; a node is Down after 3 missed beats.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub dispatcher_heartbeat: Option<std::time::Duration>,
+    /// Lifetime of node certificates issued from now on.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cert_expiry: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use rswarm_api::control::v1::Node;
+use rswarm_api::control::v1::{GetClusterResponse, Node};
 use rswarm_api::local::v1::InfoResponse;
 use serde_json::{json, Value};
 
@@ -149,8 +149,8 @@ pub fn node_pretty(n: &Node) -> String {
 }
 
 /// The JSON form of `rswarm info`.
-pub fn info_json(i: &InfoResponse) -> Value {
-    json!({
+pub fn info_json(i: &InfoResponse, cluster: Option<&GetClusterResponse>) -> Value {
+    let mut v = json!({
         "node_id": i.node_id,
         "hostname": i.hostname,
         "role": i.role,
@@ -164,11 +164,21 @@ pub fn info_json(i: &InfoResponse) -> Value {
         "cert_not_after": i.cert_not_after,
         "version": i.version,
         "state_dir": i.state_dir,
-    })
+    });
+    if let Some(c) = cluster {
+        v["cluster"] = json!({
+            "heartbeat_period_ms": c.heartbeat_period_ms,
+            "cert_expiry_secs": c.cert_expiry_secs,
+            "ca_digest": c.ca_digest,
+            "raft_index": c.raft_index,
+            "created_at": c.created_at,
+        });
+    }
+    v
 }
 
 /// `rswarm info`.
-pub fn info_text(i: &InfoResponse) -> String {
+pub fn info_text(i: &InfoResponse, cluster: Option<&GetClusterResponse>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Swarm: {}", i.local_node_state);
     let _ = writeln!(out, " NodeID: {}", i.node_id);
@@ -184,6 +194,25 @@ pub fn info_text(i: &InfoResponse) -> String {
         let _ = writeln!(out, "  {a}");
     }
     let _ = writeln!(out, " Certificate expiry: {}", i.cert_not_after);
+    if let Some(c) = cluster {
+        let period = std::time::Duration::from_millis(c.heartbeat_period_ms);
+        let expiry = std::time::Duration::from_secs(c.cert_expiry_secs);
+        let _ = writeln!(out, " Dispatcher:");
+        let _ = writeln!(
+            out,
+            "  Heartbeat Period: {}",
+            humantime::format_duration(period)
+        );
+        let _ = writeln!(out, " CA Configuration:");
+        let _ = writeln!(
+            out,
+            "  Expiry Duration: {}",
+            humantime::format_duration(expiry)
+        );
+        let _ = writeln!(out, "  Root CA Digest: {}", c.ca_digest);
+        let _ = writeln!(out, " Raft:");
+        let _ = writeln!(out, "  Applied Index: {}", c.raft_index);
+    }
     let _ = writeln!(out, "Name: {}", i.hostname);
     let _ = writeln!(out, "Server Version: {}", i.version);
     let _ = writeln!(out, "State Dir: {}", i.state_dir);

@@ -41,6 +41,32 @@ pub struct InitOutcome {
     pub manager_addr: String,
 }
 
+/// Checks cluster-wide settings (`rswarm init`, `rswarm swarm update`); `None` is not checked.
+pub fn validate_settings(
+    heartbeat: Option<Duration>,
+    cert_expiry: Option<Duration>,
+) -> Result<(), ManagerError> {
+    if heartbeat.is_some_and(|h| h < MIN_HEARTBEAT) {
+        return Err(ManagerError::InvalidOption {
+            flag: "--dispatcher-heartbeat",
+            reason: format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_HEARTBEAT)
+            ),
+        });
+    }
+    if cert_expiry.is_some_and(|c| c < MIN_CERT_EXPIRY) {
+        return Err(ManagerError::InvalidOption {
+            flag: "--cert-expiry",
+            reason: format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_CERT_EXPIRY)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Splits `IP[:PORT]`.
 pub fn parse_advertise(addr: &str, default_port: u16) -> Result<(IpAddr, u16), ManagerError> {
     if let Ok(ip) = addr.parse::<IpAddr>() {
@@ -71,24 +97,7 @@ pub fn bootstrap(opts: &InitOptions) -> Result<InitOutcome, ManagerError> {
             reason: "it must be an address other nodes can reach, not 0.0.0.0 or ::".into(),
         });
     }
-    if opts.heartbeat < MIN_HEARTBEAT {
-        return Err(ManagerError::InvalidOption {
-            flag: "--dispatcher-heartbeat",
-            reason: format!(
-                "must be at least {}",
-                humantime::format_duration(MIN_HEARTBEAT)
-            ),
-        });
-    }
-    if opts.cert_expiry < MIN_CERT_EXPIRY {
-        return Err(ManagerError::InvalidOption {
-            flag: "--cert-expiry",
-            reason: format!(
-                "must be at least {}",
-                humantime::format_duration(MIN_CERT_EXPIRY)
-            ),
-        });
-    }
+    validate_settings(Some(opts.heartbeat), Some(opts.cert_expiry))?;
     let manager_addr = host_port(ip, port);
     let cluster_id = new_id();
     let node_id = new_id();
@@ -187,6 +196,9 @@ mod tests {
             ("198.18.0.1".parse().unwrap(), 5000)
         );
         assert!(parse_advertise("eth0", 4242).is_err());
+        assert!(validate_settings(Some(Duration::from_millis(10)), None).is_err());
+        assert!(validate_settings(None, Some(Duration::from_secs(1))).is_err());
+        assert!(validate_settings(Some(MIN_HEARTBEAT), Some(MIN_CERT_EXPIRY)).is_ok());
         assert_eq!(host_port("fd00::1".parse().unwrap(), 1), "[fd00::1]:1");
     }
 }

@@ -1,5 +1,7 @@
 //! The control API: nodes, join tokens, cluster info. Managers only (see [`crate::auth`]).
 
+use std::time::Duration;
+
 use rswarm_api::control::v1 as pb;
 use rswarm_api::control::v1::control_server::Control;
 use rswarm_ca::JoinToken;
@@ -9,6 +11,7 @@ use rswarm_store::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::bootstrap::validate_settings;
 use crate::error::store_status;
 use crate::monitor::Monitor;
 use crate::{manager_addrs, rfc3339_ms};
@@ -250,9 +253,45 @@ impl Control for ControlService {
         &self,
         _req: Request<pb::GetClusterRequest>,
     ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        Ok(Response::new(self.cluster_info()?))
+    }
+
+    async fn update_cluster(
+        &self,
+        req: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        let r = req.into_inner();
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let heartbeat = nonzero(r.heartbeat_period_ms);
+        let cert_expiry = nonzero(r.cert_expiry_secs);
+        validate_settings(
+            heartbeat.map(Duration::from_millis),
+            cert_expiry.map(Duration::from_secs),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.store
+            .update(|s| {
+                let current = cluster(s)?;
+                let mut c = current.clone();
+                c.heartbeat_period_ms = heartbeat.unwrap_or(c.heartbeat_period_ms);
+                c.cert_expiry_secs = cert_expiry.unwrap_or(c.cert_expiry_secs);
+                Ok(if c == *current {
+                    vec![]
+                } else {
+                    vec![Txn::update(c)]
+                })
+            })
+            .await
+            .map_err(store_status)?;
+        tracing::info!(?heartbeat, ?cert_expiry, "cluster settings updated");
+        Ok(Response::new(self.cluster_info()?))
+    }
+}
+
+impl ControlService {
+    fn cluster_info(&self) -> Result<pb::GetClusterResponse, Status> {
         let raft = self.store.status();
-        let resp = self
-            .store
+        self.store
             .read(|s| {
                 cluster(s).map(|c| {
                     let ca_digest = rswarm_ca::ca::first_cert_der(&c.root_ca_cert_pem)
@@ -273,8 +312,7 @@ impl Control for ControlService {
                     }
                 })
             })
-            .map_err(store_status)?;
-        Ok(Response::new(resp))
+            .map_err(store_status)
     }
 }
 

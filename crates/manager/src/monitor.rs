@@ -186,6 +186,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, cancel: CancellationToke
             }
             _ = tick.tick() => {
                 let p = period(&store);
+                if tick.period() != p / 4 {
+                    // `rswarm swarm update --dispatcher-heartbeat` changed the period.
+                    tick = tokio::time::interval(p / 4);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
                 let deadline = p * MISSED_BEATS;
                 let now = Instant::now();
                 let expired: Vec<String> = sessions
