@@ -1313,3 +1313,54 @@ fn swarm_update_and_aliases() {
         "both nodes stay ready after the heartbeat period changed",
     );
 }
+
+#[test]
+fn node_ls_filters_and_inspect_self() {
+    let Some(lab) = Lab::with_hosts("node_filters", 2) else {
+        return;
+    };
+    let h1 = lab.host(1);
+    let (_mgr, init, _workers) = cluster(&lab, 1, &[2]);
+    let ids = |out: &CmdOutput| -> Vec<String> {
+        let mut v: Vec<String> = out
+            .json()
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|n| n["hostname"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let ls = |filters: &[&str]| {
+        let mut args = vec!["node", "ls", "--format", "json"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        let out = h1.rswarm(&args);
+        out.assert_success(&format!("node ls with {filters:?}"));
+        ids(&out)
+    };
+    assert_eq!(ls(&["role=worker"]), ["h2"]);
+    assert_eq!(ls(&["role=manager"]), ["h1"]);
+    h1.rswarm(&["node", "update", "--label-add", "zone=a", "h2"])
+        .assert_success("label h2");
+    assert_eq!(ls(&["node.label=zone=a"]), ["h2"]);
+    assert!(ls(&["node.label=zone=b"]).is_empty());
+    assert_eq!(
+        ls(&["name=h", "role=worker"]),
+        ["h2"],
+        "different keys must all match"
+    );
+    assert_refused(
+        &h1.rswarm(&["node", "ls", "--filter", "colour=red"]),
+        "an unknown filter key",
+    );
+    let me = h1.rswarm(&["node", "inspect", "self"]);
+    me.assert_success("node inspect self");
+    assert_eq!(
+        me.json()[0]["id"],
+        json!(init.node_id),
+        "self is the manager itself:\n{me}"
+    );
+}

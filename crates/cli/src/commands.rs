@@ -293,10 +293,14 @@ async fn node_command(
     cmd: NodeCommand,
 ) -> anyhow::Result<()> {
     match cmd {
-        NodeCommand::Ls { format, quiet } => {
+        NodeCommand::Ls {
+            format,
+            quiet,
+            filters,
+        } => {
             let json_out = wants_json(&format)?;
             let nodes = control
-                .list_nodes(pb::ListNodesRequest {})
+                .list_nodes(pb::ListNodesRequest { filters })
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -325,8 +329,14 @@ async fn node_command(
             let me = self_id(channel).await;
             let mut found = Vec::new();
             for key in &nodes {
+                // `self` is this node, as in `docker node inspect self`.
+                let node_key = if key == "self" && !me.is_empty() {
+                    me.clone()
+                } else {
+                    key.clone()
+                };
                 let node = control
-                    .get_node(pb::GetNodeRequest { node: key.clone() })
+                    .get_node(pb::GetNodeRequest { node: node_key })
                     .await
                     .map_err(status_error)?
                     .into_inner()

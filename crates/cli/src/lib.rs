@@ -128,11 +128,14 @@ pub enum NodeCommand {
     #[command(alias = "list")]
     Ls {
         /// json for machine-readable output.
-        #[arg(short, long)]
+        #[arg(long)]
         format: Option<String>,
         /// Only display IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Filter: id=, name=, role=manager|worker, label=k[=v], node.label=k[=v], membership=.
+        #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
     },
     /// Display detailed information on one or more nodes (JSON unless --pretty).
     Inspect {
@@ -248,4 +251,37 @@ pub fn main_manager() -> ExitCode {
 pub fn main_agent() -> ExitCode {
     let args = DaemonCli::parse();
     commands::resume(args.daemon, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_lines_are_well_formed() {
+        Cli::command().debug_assert();
+        DaemonCli::command().debug_assert();
+    }
+
+    #[test]
+    fn docker_spellings_parse() {
+        let cli = Cli::try_parse_from([
+            "rswarm",
+            "node",
+            "ls",
+            "-f",
+            "role=worker",
+            "--format",
+            "json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Ls { ref filters, .. }) if filters == &["role=worker"]
+        ));
+        let cli = Cli::try_parse_from(["rswarm", "swarm", "join-token", "-q", "worker"]).unwrap();
+        assert!(matches!(cli.command, Command::Swarm(SwarmCommand::JoinToken(ref a)) if a.quiet));
+    }
 }

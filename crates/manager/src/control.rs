@@ -48,6 +48,71 @@ pub fn find_node<'a>(s: &'a StateMachine, key: &str) -> Result<&'a Node, Status>
     }
 }
 
+/// Docker's `node ls --filter` values, grouped by key: every key must match, any value of a key
+/// may.
+#[derive(Debug, Default)]
+pub struct NodeFilter {
+    ids: Vec<String>,
+    names: Vec<String>,
+    roles: Vec<String>,
+    labels: Vec<(String, Option<String>)>,
+    memberships: Vec<String>,
+}
+
+impl NodeFilter {
+    /// Parses `key=value` filters; unknown keys and malformed values are refused.
+    pub fn parse(filters: &[String]) -> Result<NodeFilter, Status> {
+        let mut f = NodeFilter::default();
+        for raw in filters {
+            let (key, value) = raw.split_once('=').ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "bad filter {raw:?}: use key=value, for example role=manager"
+                ))
+            })?;
+            let value = value.to_string();
+            match key {
+                "id" => f.ids.push(value),
+                "name" => f.names.push(value),
+                "role" if value == "manager" || value == "worker" => f.roles.push(value),
+                "membership" if value == "accepted" || value == "pending" => {
+                    f.memberships.push(value)
+                }
+                "label" | "node.label" => f.labels.push(match value.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (value, None),
+                }),
+                "role" | "membership" => {
+                    return Err(Status::invalid_argument(format!(
+                        "bad filter {raw:?}: role takes manager or worker, membership takes accepted or pending"
+                    )))
+                }
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid filter key {other:?}: use id, name, role, label, node.label or membership"
+                    )))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn matches(&self, n: &Node) -> bool {
+        fn any<T>(values: &[T], f: impl Fn(&T) -> bool) -> bool {
+            values.is_empty() || values.iter().any(f)
+        }
+        any(&self.ids, |id| n.id.starts_with(id.as_str()))
+            && any(&self.names, |name| n.hostname.contains(name.as_str()))
+            && any(&self.roles, |r| r == n.role().as_str())
+            // Every node in the store was admitted by its join token.
+            && any(&self.memberships, |m| m == "accepted")
+            && any(&self.labels, |(k, v)| match (n.labels.get(k), v) {
+                (Some(have), Some(want)) => have == want,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
+    }
+}
+
 fn manager_status(node: &Node, raft: &BackendStatus) -> String {
     if node.role() != NodeRole::Manager {
         return String::new();
@@ -92,12 +157,16 @@ fn cluster(s: &StateMachine) -> Result<&Cluster, StoreError> {
 impl Control for ControlService {
     async fn list_nodes(
         &self,
-        _req: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let filter = NodeFilter::parse(&req.get_ref().filters)?;
         let raft = self.store.status();
-        let nodes = self
-            .store
-            .read(|s| s.list::<Node>().map(|n| node_to_pb(n, &raft)).collect());
+        let nodes = self.store.read(|s| {
+            s.list::<Node>()
+                .filter(|n| filter.matches(n))
+                .map(|n| node_to_pb(n, &raft))
+                .collect()
+        });
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -355,6 +424,49 @@ mod tests {
             find_node(&s, "nope").unwrap_err().code(),
             tonic::Code::NotFound
         );
+    }
+
+    #[test]
+    fn filters_match_like_docker() {
+        let mut s = state(&[("abc1", "web-1"), ("abd2", "db-1")]);
+        let mut db = s.get::<Node>("abd2").cloned().unwrap();
+        db.labels.insert("zone".into(), "a".into());
+        db.role = Some(NodeRole::Manager);
+        s.apply(2, &Txn::new(vec![Txn::update(db)])).unwrap();
+        let pick = |filters: &[&str]| -> Vec<String> {
+            let f = NodeFilter::parse(&filters.iter().map(|f| f.to_string()).collect::<Vec<_>>())
+                .unwrap();
+            s.list::<Node>()
+                .filter(|n| f.matches(n))
+                .map(|n| n.id.clone())
+                .collect()
+        };
+        assert_eq!(pick(&[]), ["abc1", "abd2"]);
+        assert_eq!(pick(&["role=manager"]), ["abd2"]);
+        assert_eq!(pick(&["role=worker"]), ["abc1"]);
+        assert_eq!(pick(&["name=web"]), ["abc1"]);
+        assert_eq!(pick(&["id=ab"]), ["abc1", "abd2"]);
+        assert_eq!(
+            pick(&["id=abc", "id=abd"]),
+            ["abc1", "abd2"],
+            "values of one key: any"
+        );
+        assert_eq!(
+            pick(&["id=ab", "role=worker"]),
+            ["abc1"],
+            "different keys: all"
+        );
+        assert_eq!(pick(&["label=zone"]), ["abd2"]);
+        assert_eq!(pick(&["node.label=zone=a"]), ["abd2"]);
+        assert!(pick(&["node.label=zone=b"]).is_empty());
+        assert!(pick(&["membership=pending"]).is_empty());
+        for bad in ["role=boss", "colour=red", "nokey"] {
+            assert_eq!(
+                NodeFilter::parse(&[bad.to_string()]).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad}"
+            );
+        }
     }
 
     #[test]
