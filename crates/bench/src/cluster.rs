@@ -205,7 +205,7 @@ impl Cluster {
             let attempt = async {
                 let channel = rswarm_ca::transport::unix_channel(&socket).await?;
                 let mut client = ControlClient::new(channel);
-                client.list_nodes(ListNodesRequest {}).await?;
+                client.list_nodes(ListNodesRequest::default()).await?;
                 anyhow::Ok(client)
             };
             match tokio::time::timeout(RPC_TIMEOUT, attempt).await {
@@ -243,10 +243,13 @@ impl Cluster {
 
     /// The manager's node list, bounded by [`RPC_TIMEOUT`].
     pub async fn nodes(&mut self) -> anyhow::Result<Vec<Node>> {
-        let resp = tokio::time::timeout(RPC_TIMEOUT, self.client.list_nodes(ListNodesRequest {}))
-            .await
-            .context("ListNodes timed out")?
-            .context("ListNodes failed")?;
+        let resp = tokio::time::timeout(
+            RPC_TIMEOUT,
+            self.client.list_nodes(ListNodesRequest::default()),
+        )
+        .await
+        .context("ListNodes timed out")?
+        .context("ListNodes failed")?;
         Ok(resp.into_inner().nodes)
     }
 
