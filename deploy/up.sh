@@ -3,7 +3,7 @@
 # installs rswarm (deploy/install.sh), runs `rswarm init`, waits until the node is Ready, and prints
 # how to join workers.
 #
-#   sudo deploy/up.sh [--advertise-addr IP] [any other `rswarm init` flag]
+#   deploy/up.sh [--advertise-addr IP] [any other `rswarm init` flag]      (as root)
 #
 # With systemd the manager runs as rswarm-manager.service after the first start; without it, the
 # manager keeps running in the background with its log in /var/log/rswarm-manager.log.
