@@ -103,7 +103,7 @@ impl Dispatcher for DispatcherService {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut last = first;
-            let mut watch = store.watch();
+            let mut events = store.subscribe();
             loop {
                 tokio::select! {
                     () = tx.closed() => {
@@ -113,7 +113,7 @@ impl Dispatcher for DispatcherService {
                     // Dropping `tx` ends the agent's stream; it reconnects (or learns it was removed).
                     () = close.cancelled() => return,
                     () = shutdown.cancelled() => return,
-                    ev = watch.events.recv() => {
+                    ev = events.recv() => {
                         match ev {
                             Ok(batch) => {
                                 let relevant = batch
@@ -125,7 +125,7 @@ impl Dispatcher for DispatcherService {
                                 }
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => watch = store.watch(),
+                            Err(broadcast::error::RecvError::Closed) => events = store.subscribe(),
                         }
                         let Some(next) = session_message(&store, &node_id, &session_id) else {
                             return;

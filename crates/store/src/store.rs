@@ -121,6 +121,12 @@ impl Replica {
         self.read_inner().state.index()
     }
 
+    /// Every change from now on, without a copy of the state (cheaper than [`Replica::watch`] for
+    /// watchers that read what they need from the store on each change).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeBatch>> {
+        self.read_inner().events.subscribe()
+    }
+
     /// A consistent copy of the state plus every change after it.
     pub fn watch(&self) -> Watch {
         let inner = self.read_inner();
@@ -168,6 +174,11 @@ impl Store {
 
     pub fn watch(&self) -> Watch {
         self.replica.watch()
+    }
+
+    /// Every change from now on, without a snapshot; see [`Replica::subscribe`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeBatch>> {
+        self.replica.subscribe()
     }
 
     pub fn status(&self) -> BackendStatus {
@@ -275,6 +286,30 @@ mod tests {
         let batch = watch.events.recv().await.unwrap();
         assert_eq!(batch.index, 2);
         assert_eq!(batch.changes[0].action, Action::Update);
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_later_changes_only() {
+        let store = MemoryBackend::store(StateMachine::new());
+        store
+            .commit(Txn::new(vec![Txn::create(Node {
+                id: "before".into(),
+                ..Node::default()
+            })]))
+            .await
+            .unwrap();
+        let mut events = store.subscribe();
+        store
+            .commit(Txn::new(vec![Txn::create(Node {
+                id: "after".into(),
+                ..Node::default()
+            })]))
+            .await
+            .unwrap();
+        let batch = events.recv().await.unwrap();
+        assert_eq!(batch.changes.len(), 1);
+        assert_eq!(batch.changes[0].object.id(), "after");
+        assert!(events.try_recv().is_err(), "nothing else was committed");
     }
 
     #[tokio::test]
