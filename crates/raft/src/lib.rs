@@ -1,9 +1,10 @@
 //! rswarm's embedded Raft backend for the cluster store.
 //!
 //! Built on raft-rs's sans-IO `RawNode`. One driver task per member owns the `RawNode` and the
-//! durable log ([`storage`], a redb file), applies committed transactions to the store's
-//! [`rswarm_store::Replica`] and serves commits from [`RaftHandle::store`]. Members talk over
-//! [`transport::GrpcTransport`] / [`transport::RaftService`] (`rswarm.raft.v1`).
+//! durable log ([`storage`]: a redb file, plus the latest snapshot in a file of its own), applies
+//! committed transactions to the store's [`rswarm_store::Replica`] and serves commits from
+//! [`RaftHandle::store`]. Members talk over [`transport::GrpcTransport`] /
+//! [`transport::RaftService`] (`rswarm.raft.v1`).
 //!
 //! Life of a member:
 //! - a new cluster: [`bootstrap`] the data directory, then [`RaftNode::start`] (it is leader within

@@ -11,12 +11,14 @@
 //! 6. `advance`, then the LightReady likewise (commit index, messages, committed entries), then
 //!    `advance_apply`;
 //! 7. every `snapshot_interval` applied entries (or when raft needs a snapshot for a member the
-//!    stored one lacks), copy the replica and serialise it on a blocking thread; when that is
-//!    done, store the snapshot and compact the log. The loop keeps running meanwhile.
+//!    stored one lacks), copy the replica, then serialise it and write it to its snapshot file on
+//!    a blocking thread; the loop keeps running (appending, applying, resolving) meanwhile. When
+//!    the file is durable, one small transaction records it and compacts the log.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +33,11 @@ use rswarm_store::{Backend, BackendStatus, Member, Replica, StateMachine, Store,
 use slog::Drain as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::storage::{decode_snapshot, BuiltSnapshot, RaftStorage};
+use crate::storage::{decode_snapshot, BuiltSnapshot, RaftStorage, StorageError};
 use crate::transport::{PeerReporter, Report, Transport};
 
 const PROPOSAL_QUEUE: usize = 1024;
@@ -44,13 +46,15 @@ const MEMBERSHIP_QUEUE: usize = 16;
 const REPORT_QUEUE: usize = 1024;
 /// Inputs taken from each channel per loop iteration before the Ready is handled.
 const DRAIN_LIMIT: usize = 1024;
+/// How long to wait before trying again after a snapshot could not be written.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 
 /// Settings of one raft member.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     /// This member's raft id (non-zero, unique in the cluster, never reused).
     pub id: u64,
-    /// Directory holding `raft.redb`.
+    /// Directory holding `raft.redb` and the latest snapshot's file (see [`crate::storage`]).
     pub data_dir: PathBuf,
     /// Length of one raft tick.
     pub tick: Duration,
@@ -219,10 +223,30 @@ fn in_conf(cs: &raft::eraftpb::ConfState, id: u64) -> bool {
         || cs.learners_next.contains(&id)
 }
 
-/// Waits for the snapshot job, if there is one.
-async fn wait_job(job: &mut Option<JoinHandle<BuiltSnapshot>>) -> Result<BuiltSnapshot, JoinError> {
+/// Called on the snapshot thread with the snapshot's index once its temporary file is durable,
+/// before it is renamed into place: lets a test hold a snapshot in the middle of being persisted.
+pub(crate) type SnapshotHook = Arc<dyn Fn(u64) + Send + Sync>;
+
+type SnapshotOutcome = Result<Result<BuiltSnapshot, StorageError>, JoinError>;
+
+/// A snapshot being serialised and written to its file on a blocking thread.
+struct SnapshotTask {
+    handle: JoinHandle<Result<BuiltSnapshot, StorageError>>,
+    /// Tells the thread to abandon its file before renaming it into place: the driver stopped
+    /// (set on drop, so a panicking driver sets it too).
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for SnapshotTask {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits for the snapshot task, if there is one.
+async fn wait_job(job: &mut Option<SnapshotTask>) -> SnapshotOutcome {
     match job {
-        Some(handle) => handle.await,
+        Some(task) => (&mut task.handle).await,
         None => std::future::pending().await,
     }
 }
@@ -238,6 +262,16 @@ impl RaftNode {
         config: RaftConfig,
         transport: Arc<dyn Transport>,
         cancel: CancellationToken,
+    ) -> Result<RaftHandle, Error> {
+        Self::start_with_hook(config, transport, cancel, None).await
+    }
+
+    /// [`RaftNode::start`], with a hook into snapshot persistence (tests).
+    pub(crate) async fn start_with_hook(
+        config: RaftConfig,
+        transport: Arc<dyn Transport>,
+        cancel: CancellationToken,
+        snapshot_hook: Option<SnapshotHook>,
     ) -> Result<RaftHandle, Error> {
         config.validate()?;
         let mut storage = RaftStorage::open(&config.data_dir).await?;
@@ -308,6 +342,8 @@ impl RaftNode {
             leadership: (StateRole::Follower, 0),
             decoded_snapshot: None,
             resolved: Vec::new(),
+            snapshot_hook,
+            snapshot_retry_at: None,
         };
         let inbox = Inbox {
             proposals,
@@ -532,6 +568,9 @@ struct Driver {
     decoded_snapshot: Option<DecodedSnapshot>,
     /// Results of applied proposals, sent once the status is published.
     resolved: Vec<Resolution>,
+    snapshot_hook: Option<SnapshotHook>,
+    /// After a snapshot failed: not before this.
+    snapshot_retry_at: Option<Instant>,
 }
 
 impl Driver {
@@ -545,8 +584,8 @@ impl Driver {
         self.publish_status();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // A snapshot being serialised on a blocking thread.
-        let mut job: Option<JoinHandle<BuiltSnapshot>> = None;
+        // A snapshot being serialised and written on a blocking thread.
+        let mut job: Option<SnapshotTask> = None;
         let result = loop {
             let mut built = None;
             // Every branch is cancel-safe; the disk writes happen outside the select.
@@ -570,7 +609,17 @@ impl Driver {
                 break Err(e);
             }
         };
+        // Nothing writes into the data directory once the driver has stopped: a snapshot thread
+        // abandons its file (unless it is in place already; the next start removes it then), and
+        // is waited for, as are removals of old snapshot files.
+        if let Some(task) = &job {
+            task.cancel.store(true, Ordering::Relaxed);
+        }
         self.shutdown();
+        if let Some(mut task) = job.take() {
+            let _ = (&mut task.handle).await;
+        }
+        self.raw.mut_store().wait_removals().await;
         result
     }
 
@@ -604,8 +653,8 @@ impl Driver {
 
     async fn process(
         &mut self,
-        built: Option<Result<BuiltSnapshot, JoinError>>,
-        job: &mut Option<JoinHandle<BuiltSnapshot>>,
+        built: Option<SnapshotOutcome>,
+        job: &mut Option<SnapshotTask>,
     ) -> Result<(), Error> {
         self.propose_member_changes();
         self.handle_readies().await?;
@@ -619,18 +668,30 @@ impl Driver {
             self.handle_readies().await?;
         }
         match built {
-            Some(Ok(built)) => {
+            Some(Ok(Ok(built))) => {
+                // The file is durable: record it and compact the log (a small transaction).
                 let keep = self.keep_entries;
-                if let Some(index) = self.raw.mut_store().finish_snapshot(built, keep).await? {
-                    tracing::info!(
+                let taken = built.index();
+                match self.raw.mut_store().finish_snapshot(built, keep).await? {
+                    Some(index) => tracing::info!(
                         id = self.id,
                         index,
                         "took a raft snapshot and compacted the log"
-                    );
+                    ),
+                    None => tracing::debug!(
+                        id = self.id,
+                        index = taken,
+                        "discarded a raft snapshot a newer one replaced meanwhile"
+                    ),
                 }
             }
+            Some(Ok(Err(e))) => {
+                tracing::error!(id = self.id, error = %e, "writing a raft snapshot failed; will retry in {SNAPSHOT_RETRY:?}");
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+            }
             Some(Err(e)) => {
-                tracing::error!(id = self.id, error = %e, "building a raft snapshot failed; will retry");
+                tracing::error!(id = self.id, error = %e, "the raft snapshot task failed; will retry in {SNAPSHOT_RETRY:?}");
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
             }
             None => {}
         }
@@ -1018,14 +1079,18 @@ impl Driver {
         }
     }
 
-    /// Starts serialising a snapshot on a blocking thread every `snapshot_interval` applied
-    /// entries, or when raft needs one the stored snapshot cannot serve.
-    fn maybe_start_snapshot(
-        &mut self,
-        job: &mut Option<JoinHandle<BuiltSnapshot>>,
-    ) -> Result<(), Error> {
+    /// Every `snapshot_interval` applied entries, or when raft needs one the stored snapshot
+    /// cannot serve: copies the replica (here, at the applied index) and starts serialising and
+    /// writing it on a blocking thread.
+    fn maybe_start_snapshot(&mut self, job: &mut Option<SnapshotTask>) -> Result<(), Error> {
         if job.is_some() {
             return Ok(());
+        }
+        if let Some(at) = self.snapshot_retry_at {
+            if Instant::now() < at {
+                return Ok(());
+            }
+            self.snapshot_retry_at = None;
         }
         let store = self.raw.store();
         let due =
@@ -1035,13 +1100,25 @@ impl Driver {
             return Ok(());
         }
         if let Some(snapshot) = store.begin_snapshot()? {
-            tracing::debug!(
-                id = self.id,
-                index = snapshot.index(),
-                wanted,
-                "taking a raft snapshot"
-            );
-            *job = Some(tokio::task::spawn_blocking(move || snapshot.build()));
+            let index = snapshot.index();
+            tracing::debug!(id = self.id, index, wanted, "taking a raft snapshot");
+            let cancel = Arc::new(AtomicBool::new(false));
+            let hook = self.snapshot_hook.clone();
+            let stop = cancel.clone();
+            let handle = tokio::task::spawn_blocking(move || {
+                snapshot.persist(&mut || {
+                    if let Some(hook) = &hook {
+                        hook(index);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(StorageError::Task(
+                            "the raft driver stopped; snapshot abandoned".into(),
+                        ));
+                    }
+                    Ok(())
+                })
+            });
+            *job = Some(SnapshotTask { handle, cancel });
         }
         Ok(())
     }
@@ -1135,5 +1212,207 @@ mod tests {
         let mut c = ok;
         c.tick = Duration::ZERO;
         assert!(c.validate().is_err());
+    }
+}
+
+/// The driver keeps committing while a snapshot is being persisted.
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+    use crate::storage::bootstrap;
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
+
+    struct NoPeers;
+
+    impl Transport for NoPeers {
+        fn send(&self, _msgs: Vec<Message>) {}
+        fn set_peers(&self, _peers: &[(u64, String)]) {}
+    }
+
+    fn create_node(id: String) -> Txn {
+        Txn::new(vec![Txn::create(rswarm_store::Node {
+            id,
+            ..rswarm_store::Node::default()
+        })])
+    }
+
+    fn snap_files(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("snap-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The first snapshot is held just before its file is renamed into place (the data written
+    /// and fsync'd, nothing recorded) until the test lets it go: every commit made meanwhile must
+    /// resolve. Deterministic: the commits cannot finish before the hold unless the driver runs
+    /// independently of the snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_resolve_while_a_snapshot_is_being_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut initial = StateMachine::new();
+        initial.apply(1, &Txn::default()).unwrap();
+        bootstrap(dir.path(), 1, "127.0.0.1:1", initial).unwrap();
+
+        let (held_tx, held) = std_mpsc::channel::<u64>();
+        let (release, release_rx) = std_mpsc::channel::<()>();
+        // Only the first snapshot waits; later ones go straight through.
+        let gate = Arc::new(Mutex::new(Some((held_tx, release_rx))));
+        let hook: SnapshotHook = Arc::new(move |index| {
+            let first = gate.lock().unwrap().take();
+            if let Some((held_tx, release_rx)) = first {
+                held_tx.send(index).unwrap();
+                let _ = release_rx.recv();
+            }
+        });
+        let mut config = RaftConfig::new(1, dir.path());
+        config.tick = Duration::from_millis(20);
+        config.snapshot_interval = 20;
+        config.log_entries_for_slow_followers = 0;
+        let cancel = CancellationToken::new();
+        let handle =
+            RaftNode::start_with_hook(config, Arc::new(NoPeers), cancel.clone(), Some(hook))
+                .await
+                .unwrap();
+        let store = handle.store();
+        let held = tokio::task::spawn_blocking(move || held.recv().unwrap());
+        let mut n = 0;
+        // Commit until the snapshot (due after 20 applied entries) is held.
+        while !held.is_finished() {
+            store
+                .commit(create_node(format!("before-{n}")))
+                .await
+                .expect("commit before the snapshot");
+            n += 1;
+            assert!(n < 1000, "no snapshot was started");
+        }
+        let index = held.await.unwrap();
+        assert!(index >= 20, "snapshot at {index}");
+        // While it is held: its file is a durable temporary file, the bootstrap snapshot is still
+        // the recorded one, and commits go on.
+        let files = snap_files(dir.path());
+        assert!(
+            files.contains(&"snap-0000000000000001-0000000000000001.snap".to_string())
+                && files.iter().any(|f| f.ends_with(".tmp")),
+            "{files:?}"
+        );
+        let during = futures::future::join_all((0..100).map(|i| {
+            let store = store.clone();
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    store.commit(create_node(format!("during-{i}"))),
+                )
+                .await
+                .expect("a commit resolves while the snapshot is held")
+            }
+        }))
+        .await;
+        let mut last = 0;
+        for r in during {
+            last = last.max(r.expect("commit while the snapshot is held"));
+        }
+        assert!(last > index + 100 - 1, "committed through {last}");
+        assert_eq!(store.list::<rswarm_store::Node>().len(), n + 100);
+
+        // Let it go: the snapshot is recorded and replaces the bootstrap one (and, as more than
+        // 20 entries were applied meanwhile, the next one follows at once).
+        release.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let files = snap_files(dir.path());
+            let recorded: Vec<u64> = files
+                .iter()
+                .filter_map(|f| f.strip_suffix(".snap"))
+                .filter_map(|f| u64::from_str_radix(f.rsplit('-').next()?, 16).ok())
+                .collect();
+            if files.len() == 1 && recorded.len() == 1 && recorded[0] >= index {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{files:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cancel.cancel();
+        handle.wait_stopped().await.unwrap();
+        let storage = RaftStorage::open(dir.path()).await.unwrap();
+        assert!(storage.snapshot_index() >= index);
+        assert_eq!(
+            storage
+                .replica()
+                .read(|s| s.count(rswarm_store::Kind::Node)),
+            n + 100,
+            "the restart replays the log after the snapshot"
+        );
+    }
+
+    /// A driver stopped while its snapshot is being written abandons the file: once it reports
+    /// stopped, nothing more is written, and only the recorded snapshot is on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_driver_abandons_its_snapshot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut initial = StateMachine::new();
+        initial.apply(1, &Txn::default()).unwrap();
+        bootstrap(dir.path(), 1, "127.0.0.1:1", initial).unwrap();
+        let (held_tx, held) = std_mpsc::channel::<u64>();
+        let (release, release_rx) = std_mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some((held_tx, release_rx))));
+        let hook: SnapshotHook = Arc::new(move |_| {
+            let first = gate.lock().unwrap().take();
+            if let Some((held_tx, release_rx)) = first {
+                held_tx.send(0).unwrap();
+                let _ = release_rx.recv();
+            }
+        });
+        let mut config = RaftConfig::new(1, dir.path());
+        config.tick = Duration::from_millis(20);
+        config.snapshot_interval = 5;
+        let cancel = CancellationToken::new();
+        let handle =
+            RaftNode::start_with_hook(config, Arc::new(NoPeers), cancel.clone(), Some(hook))
+                .await
+                .unwrap();
+        let store = handle.store();
+        let held = tokio::task::spawn_blocking(move || held.recv().unwrap());
+        let mut n = 0;
+        while !held.is_finished() {
+            store.commit(create_node(format!("n{n}"))).await.unwrap();
+            n += 1;
+            assert!(n < 1000, "no snapshot was started");
+        }
+        held.await.unwrap();
+        cancel.cancel();
+        // The driver flags the snapshot thread before it gives up leadership in its status.
+        let mut status = handle.watch_status();
+        tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| !s.is_leader))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !handle.is_stopped(),
+            "the driver waits for the snapshot thread"
+        );
+        release.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), handle.wait_stopped())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000001-0000000000000001.snap"]
+        );
+        let storage = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(
+            storage.snapshot_index(),
+            1,
+            "the abandoned snapshot was not recorded"
+        );
+        assert!(
+            storage.last_index().unwrap() > n as u64,
+            "the log still holds every commit"
+        );
     }
 }

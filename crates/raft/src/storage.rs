@@ -1,5 +1,6 @@
-//! Durable raft storage: the log, the hard state, the conf state, the latest snapshot and the member
-//! address map, all in one redb database file, `<data_dir>/raft.redb`.
+//! Durable raft storage: the log, the hard state, the conf state, the snapshot metadata and the
+//! member address map in one redb database file, `<data_dir>/raft.redb`; the latest snapshot's data
+//! in its own file next to it, `<data_dir>/snap-<term>-<index>.snap` (16 hex digits each).
 //!
 //! The read side ([`raft::Storage`]) is served from an in-memory mirror of the log; every write goes
 //! to disk first (on a blocking thread, committed with redb's immediate durability, i.e. fsync,
@@ -9,11 +10,36 @@
 //! [`StateMachine::snapshot`] bytes, so a member that installs a snapshot also learns where the
 //! other members are.
 //!
-//! Architecture invariant: only the raft driver writes, and it awaits each write before the next.
+//! # Snapshot files
+//!
+//! Snapshot data (tens of megabytes on a large store) never goes through a redb write
+//! transaction, so that log appends never wait behind it. A snapshot is stored in two steps:
+//! 1. its data is written to `snap-<term>-<index>.snap.<n>.tmp`, fsync'd, renamed to
+//!    `snap-<term>-<index>.snap`, and the directory fsync'd (off the driver for a snapshot the
+//!    member takes itself: the driver keeps appending and applying meanwhile);
+//! 2. one small redb transaction records the snapshot (metadata, plus the file's index, term,
+//!    length and SHA-256) and deletes the compacted log prefix; only then are older snapshot files
+//!    removed.
+//!
+//! So the recorded file always exists, complete, before the record that points at it commits.
+//! Recovery ([`RaftStorage::open`]) trusts the record alone and removes every other `snap-*` file:
+//! a crash while writing leaves a `.tmp` file, a crash between rename and commit leaves a complete
+//! file no record points at, a crash after the commit leaves the previous snapshot's file; in each
+//! case the database describes a consistent snapshot + log, and the extra file is removed. A
+//! record whose file is missing, short or has another digest is corruption and refuses to open.
+//!
+//! Data directories written before snapshot files existed kept the snapshot data in the database
+//! (`state/snapshot_data`); they are still read, and the next snapshot moves it to a file.
+//!
+//! Architecture invariant: only the raft driver writes, and it awaits each write before the next;
+//! the one write not awaited in line, a snapshot file, touches no database state until the driver
+//! records it.
 
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +47,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use rswarm_store::{Replica, StateMachine};
+use sha2::{Digest as _, Sha256};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "raft.redb";
@@ -35,6 +62,10 @@ const MEMBERS: TableDefinition<'static, u64, &'static str> = TableDefinition::ne
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+/// The file holding the snapshot's data: see [`SnapshotFile`].
+const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
+/// Snapshot data kept in the database itself: written by earlier versions only (read, then
+/// deleted by the next snapshot).
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 /// Index and term (16 bytes, little endian) of the compaction point: the last entry deleted from
 /// the log. It is at or before the snapshot index (entries are kept for slow followers).
@@ -67,6 +98,13 @@ pub enum StorageError {
     /// Raft member ids must not be zero.
     #[error("raft member id 0 is reserved; choose a non-zero id")]
     ZeroId,
+    /// A snapshot file could not be written, read or removed.
+    #[error("{what} {}: {source}; check the disk and the permissions of the data directory", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -197,6 +235,208 @@ fn conf_contains(cs: &ConfState, id: u64) -> bool {
         || cs.learners_next.contains(&id)
 }
 
+/// First bytes of a snapshot file name; every file so named belongs to this storage.
+const SNAP_PREFIX: &str = "snap-";
+/// Last bytes of a complete snapshot file's name.
+const SNAP_SUFFIX: &str = ".snap";
+/// Last bytes of a snapshot file being written.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Makes the names of temporary files unique within the process, so that two writers (say, a
+/// stopping driver's last job and its successor's) never share one.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The snapshot file a database record points at: `snap-<term>-<index>.snap` in the data
+/// directory, `len` bytes whose SHA-256 is `sha256`. Stored under `state/snapshot_file` as index,
+/// term and length (u64, little endian) then the digest: 56 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotFile {
+    index: u64,
+    term: u64,
+    len: u64,
+    sha256: [u8; 32],
+}
+
+impl SnapshotFile {
+    const ENCODED_LEN: usize = 56;
+
+    fn name(&self) -> String {
+        snapshot_file_name(self.index, self.term)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Self::ENCODED_LEN);
+        b.extend_from_slice(&self.index.to_le_bytes());
+        b.extend_from_slice(&self.term.to_le_bytes());
+        b.extend_from_slice(&self.len.to_le_bytes());
+        b.extend_from_slice(&self.sha256);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<SnapshotFile> {
+        if b.len() != Self::ENCODED_LEN {
+            return Err(StorageError::Corrupt(format!(
+                "the snapshot file record is {} bytes, not {}",
+                b.len(),
+                Self::ENCODED_LEN
+            )));
+        }
+        let u64_at = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&b[24..56]);
+        Ok(SnapshotFile {
+            index: u64_at(0),
+            term: u64_at(8),
+            len: u64_at(16),
+            sha256,
+        })
+    }
+
+    /// Reads the file from `dir` and checks its length and digest.
+    fn read(&self, dir: &Path) -> Result<Vec<u8>> {
+        let path = dir.join(self.name());
+        let mut file = File::open(&path).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "the snapshot file {} recorded in the database cannot be opened: {e}",
+                path.display()
+            ))
+        })?;
+        let len = file
+            .metadata()
+            .map_err(io_err("cannot read the snapshot file", &path))?
+            .len();
+        if len != self.len {
+            return Err(StorageError::Corrupt(format!(
+                "the snapshot file {} is {len} bytes, the database recorded {}",
+                path.display(),
+                self.len
+            )));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut data)
+            .map_err(io_err("cannot read the snapshot file", &path))?;
+        if sha256(&data) != self.sha256 {
+            return Err(StorageError::Corrupt(format!(
+                "the snapshot file {} does not have the digest the database recorded",
+                path.display()
+            )));
+        }
+        Ok(data)
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn snapshot_file_name(index: u64, term: u64) -> String {
+    format!("{SNAP_PREFIX}{term:016x}-{index:016x}{SNAP_SUFFIX}")
+}
+
+/// fsyncs a directory, so that the renames and creations in it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("cannot fsync the raft data directory", dir))
+}
+
+/// Writes snapshot data durably to `<dir>/snap-<term>-<index>.snap`: a new temporary file,
+/// written and fsync'd, renamed into place, then the directory fsync'd. `before_rename` runs once
+/// the temporary file is durable; its error abandons the file. Blocking.
+fn write_snapshot_file(
+    dir: &Path,
+    index: u64,
+    term: u64,
+    data: &[u8],
+    before_rename: &mut dyn FnMut() -> Result<()>,
+) -> Result<SnapshotFile> {
+    let name = snapshot_file_name(index, term);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(
+        "{name}.{}{TMP_SUFFIX}",
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("cannot create the snapshot file", &tmp))?;
+        file.write_all(data)
+            .map_err(io_err("cannot write the snapshot file", &tmp))?;
+        file.sync_all()
+            .map_err(io_err("cannot fsync the snapshot file", &tmp))?;
+        drop(file);
+        before_rename()?;
+        std::fs::rename(&tmp, &path).map_err(io_err("cannot rename the snapshot file", &tmp))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)?;
+    Ok(SnapshotFile {
+        index,
+        term,
+        len: data.len() as u64,
+        sha256: sha256(data),
+    })
+}
+
+/// Removes a snapshot file no record points at any more (best effort: a file left behind is
+/// removed on the next open).
+fn remove_snapshot_file(dir: &Path, file: &SnapshotFile) {
+    let path = dir.join(file.name());
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an old raft snapshot file; it will be removed on the next start");
+        }
+    }
+}
+
+/// Removes every snapshot file in `dir` but `keep`: temporary files and complete files no record
+/// points at, left by a crash (see the module documentation). Called on open, with the database
+/// (and so the directory) held by this process.
+fn remove_stray_snapshot_files(dir: &Path, keep: Option<&str>) -> Result<()> {
+    let listing =
+        std::fs::read_dir(dir).map_err(io_err("cannot list the raft data directory", dir))?;
+    for item in listing {
+        let item = item.map_err(io_err("cannot list the raft data directory", dir))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.starts_with(SNAP_PREFIX)
+            && (name.ends_with(SNAP_SUFFIX) || name.ends_with(TMP_SUFFIX));
+        if !ours || Some(name) == keep {
+            continue;
+        }
+        let path = item.path();
+        tracing::info!(path = %path.display(), "removing a raft snapshot file no record points at (left by an interrupted snapshot)");
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove the stray snapshot file", &path)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// One database write transaction.
 #[derive(Default)]
 struct Batch {
@@ -206,6 +446,8 @@ struct Batch {
     delete_through: Option<u64>,
     entries: Vec<(u64, Vec<u8>)>,
     state: Vec<(&'static str, Vec<u8>)>,
+    /// Singletons to delete.
+    state_delete: Vec<&'static str>,
     /// Replace the whole member map.
     members: Option<BTreeMap<u64, String>>,
     /// fsync on commit.
@@ -237,6 +479,9 @@ impl Batch {
             let mut state = txn.open_table(STATE).map_err(db_err)?;
             for (key, bytes) in &self.state {
                 state.insert(*key, bytes.as_slice()).map_err(db_err)?;
+            }
+            for key in &self.state_delete {
+                state.remove(*key).map_err(db_err)?;
             }
             if let Some(map) = &self.members {
                 let mut members = txn.open_table(MEMBERS).map_err(db_err)?;
@@ -288,6 +533,9 @@ impl MemLog {
 /// What a database holds, as loaded on open.
 struct Loaded {
     snapshot: Snapshot,
+    /// The file the snapshot's data was read from (`None`: no snapshot, or one stored in the
+    /// database by an earlier version).
+    snapshot_file: Option<SnapshotFile>,
     start_index: u64,
     start_term: u64,
     entries: Vec<Entry>,
@@ -296,18 +544,34 @@ struct Loaded {
     members: BTreeMap<u64, String>,
 }
 
-fn load(db: &Database) -> Result<Loaded> {
+fn load(db: &Database, dir: &Path) -> Result<Loaded> {
     let txn = db.begin_read().map_err(db_err)?;
     let state = txn.open_table(STATE).map_err(db_err)?;
     let get = |key: &str| -> Result<Option<Vec<u8>>> {
         Ok(state.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
     };
     let mut snapshot = Snapshot::default();
+    let mut snapshot_file = None;
     if let Some(meta) = get(KEY_SNAPSHOT_META)? {
-        snapshot.set_metadata(decode::<SnapshotMetadata>("snapshot metadata", &meta)?);
-        let data = get(KEY_SNAPSHOT_DATA)?.ok_or_else(|| {
-            StorageError::Corrupt("snapshot metadata without snapshot data".to_string())
-        })?;
+        let meta = decode::<SnapshotMetadata>("snapshot metadata", &meta)?;
+        let data = match get(KEY_SNAPSHOT_FILE)? {
+            Some(record) => {
+                let file = SnapshotFile::decode(&record)?;
+                if (file.index, file.term) != (meta.index, meta.term) {
+                    return Err(StorageError::Corrupt(format!(
+                        "the snapshot file record (index {}, term {}) does not match the snapshot metadata (index {}, term {})",
+                        file.index, file.term, meta.index, meta.term
+                    )));
+                }
+                let data = file.read(dir)?;
+                snapshot_file = Some(file);
+                data
+            }
+            None => get(KEY_SNAPSHOT_DATA)?.ok_or_else(|| {
+                StorageError::Corrupt("snapshot metadata without snapshot data".to_string())
+            })?,
+        };
+        snapshot.set_metadata(meta);
         snapshot.set_data(Bytes::from(data));
     }
     let (start_index, start_term) = match get(KEY_LOG_START)? {
@@ -351,6 +615,7 @@ fn load(db: &Database) -> Result<Loaded> {
     }
     Ok(Loaded {
         snapshot,
+        snapshot_file,
         start_index,
         start_term,
         entries,
@@ -380,8 +645,9 @@ fn create_dir(dir: &Path) -> Result<()> {
 /// term 1 holding `initial` (the caller applied the cluster-creating transaction at index 1), a
 /// conf state with `id` as the only voter, and the member map `{id: addr}`.
 ///
-/// Refuses if `<data_dir>/raft.redb` already exists. Blocking (it fsyncs): call it from a blocking
-/// context or `spawn_blocking`.
+/// Refuses if `<data_dir>/raft.redb` already exists. The snapshot file is written before the
+/// database is created, so an interrupted bootstrap can be run again. Blocking (it fsyncs): call it
+/// from a blocking context or `spawn_blocking`.
 pub fn bootstrap(data_dir: &Path, id: u64, addr: &str, initial: StateMachine) -> Result<()> {
     let path = data_dir.join(DB_FILE);
     if path.exists() {
@@ -391,7 +657,6 @@ pub fn bootstrap(data_dir: &Path, id: u64, addr: &str, initial: StateMachine) ->
         return Err(StorageError::ZeroId);
     }
     create_dir(data_dir)?;
-    let db = Database::create(&path).map_err(db_err)?;
     let members = BTreeMap::from([(id, addr.to_string())]);
     let mut meta = SnapshotMetadata {
         index: 1,
@@ -400,15 +665,17 @@ pub fn bootstrap(data_dir: &Path, id: u64, addr: &str, initial: StateMachine) ->
     };
     meta.mut_conf_state().voters = vec![id];
     let data = encode_snapshot_data(&members, &initial.snapshot());
+    let file = write_snapshot_file(data_dir, meta.index, meta.term, &data, &mut || Ok(()))?;
     let hs = HardState {
         term: 1,
         commit: 1,
         ..HardState::default()
     };
+    let db = Database::create(&path).map_err(db_err)?;
     Batch {
         state: vec![
             (KEY_SNAPSHOT_META, encode(&meta)?),
-            (KEY_SNAPSHOT_DATA, data),
+            (KEY_SNAPSHOT_FILE, file.encode()),
             (KEY_CONF_STATE, encode(meta.get_conf_state())?),
             (KEY_HARD_STATE, encode(&hs)?),
         ],
@@ -425,10 +692,16 @@ pub fn bootstrap(data_dir: &Path, id: u64, addr: &str, initial: StateMachine) ->
 /// `RawNode`; only the driver writes to it.
 pub struct RaftStorage {
     db: Arc<Database>,
+    /// The data directory: the database and the snapshot files.
+    dir: PathBuf,
     path: PathBuf,
     log: MemLog,
     /// The latest stored snapshot (empty when there is none yet).
     snapshot: Snapshot,
+    /// Where the latest snapshot's data is on disk (`None`: no snapshot, or one in the database).
+    snapshot_file: Option<SnapshotFile>,
+    /// Removals of snapshot files no record points at any more, running in the background.
+    removals: Vec<tokio::task::JoinHandle<()>>,
     members: BTreeMap<u64, String>,
     replica: Arc<Replica>,
     /// Set when raft asked for a snapshot the stored one cannot serve.
@@ -438,7 +711,8 @@ pub struct RaftStorage {
 impl RaftStorage {
     /// Opens (or creates empty) `<data_dir>/raft.redb` and recovers: the stored snapshot restores
     /// the log mirror and the [`Replica`], then the log entries after it, then the hard state.
-    /// An empty store is a new member waiting to be added to a cluster.
+    /// Snapshot files left by an interrupted snapshot are removed. An empty store is a new member
+    /// waiting to be added to a cluster.
     pub async fn open(data_dir: &Path) -> Result<RaftStorage> {
         let dir = data_dir.to_path_buf();
         blocking(move || RaftStorage::open_blocking(&dir)).await
@@ -449,7 +723,7 @@ impl RaftStorage {
         let path = data_dir.join(DB_FILE);
         let db = Database::create(&path).map_err(db_err)?;
         create_tables(&db)?;
-        let loaded = load(&db)?;
+        let loaded = load(&db, data_dir)?;
         let meta = loaded.snapshot.get_metadata();
         let state = if loaded.snapshot.is_empty() {
             StateMachine::new()
@@ -475,6 +749,15 @@ impl RaftStorage {
                 log.last_index()
             )));
         }
+        // The database is ours now (redb locks it): no one else writes snapshot files here.
+        remove_stray_snapshot_files(
+            data_dir,
+            loaded
+                .snapshot_file
+                .as_ref()
+                .map(SnapshotFile::name)
+                .as_deref(),
+        )?;
         tracing::info!(
             path = %path.display(),
             snapshot_index = meta.index,
@@ -486,9 +769,12 @@ impl RaftStorage {
         );
         Ok(RaftStorage {
             db: Arc::new(db),
+            dir: data_dir.to_path_buf(),
             path,
             log,
             snapshot: loaded.snapshot,
+            snapshot_file: loaded.snapshot_file,
+            removals: Vec::new(),
             members: loaded.members,
             replica: Replica::new(state),
             snapshot_wanted: AtomicBool::new(false),
@@ -518,6 +804,12 @@ impl RaftStorage {
     /// The conf state as of the last applied membership change.
     pub fn conf_state(&self) -> &ConfState {
         &self.log.conf_state
+    }
+
+    /// The file holding the stored snapshot's data (`None` when there is no snapshot, or when a
+    /// data directory written by an earlier version still keeps it in the database).
+    pub fn snapshot_path(&self) -> Option<PathBuf> {
+        self.snapshot_file.as_ref().map(|f| self.dir.join(f.name()))
     }
 
     /// Index of the stored snapshot (0 when there is none).
@@ -594,12 +886,23 @@ impl RaftStorage {
     /// Persists a snapshot received from the leader: it replaces the whole log, the conf state and
     /// the member map. Returns the state machine to restore the replica with. `decoded` is the
     /// snapshot's data already decoded (see [`decode_snapshot`]); without it, it is decoded here.
+    /// The data goes to a snapshot file first, then one transaction records it (see the module
+    /// documentation); the previous snapshot file is removed after that.
     pub(crate) async fn install_snapshot(
         &mut self,
         snapshot: Snapshot,
         decoded: Option<(BTreeMap<u64, String>, StateMachine)>,
     ) -> Result<StateMachine> {
         let meta = snapshot.get_metadata().clone();
+        if meta.index <= self.snapshot_index() {
+            // raft-rs never does this (a snapshot it restores is past the commit index, which is
+            // at or past the stored snapshot); refuse rather than replace the recorded file.
+            return Err(StorageError::Corrupt(format!(
+                "raft asked to install a snapshot at {}, not after the stored one at {}",
+                meta.index,
+                self.snapshot_index()
+            )));
+        }
         let mut hs = self.log.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
@@ -611,31 +914,43 @@ impl RaftStorage {
                 (KEY_CONF_STATE, encode(meta.get_conf_state())?),
                 (KEY_HARD_STATE, encode(&hs)?),
             ],
+            state_delete: vec![KEY_SNAPSHOT_DATA],
             durable: true,
             ..Batch::default()
         };
         let db = self.db.clone();
+        let dir = self.dir.clone();
         let data = snapshot.data.clone();
-        // Decoding a large state is slow: do it, and the write, off the runtime.
-        let (members, state) = blocking(move || {
+        // Decoding a large state is slow: do it, and the writes, off the runtime.
+        let (members, state, file) = blocking(move || {
             let (members, state) = match decoded {
                 Some(d) => d,
                 None => decode_snapshot(&data)?,
             };
-            batch.state.push((KEY_SNAPSHOT_DATA, data.to_vec()));
+            let file = write_snapshot_file(&dir, meta.index, meta.term, &data, &mut || Ok(()))?;
+            batch.state.push((KEY_SNAPSHOT_FILE, file.encode()));
             batch.members = Some(members.clone());
             batch.commit(&db)?;
-            Ok((members, state))
+            Ok((members, state, file))
         })
         .await?;
-        self.log = MemLog {
-            start_index: meta.index,
-            start_term: meta.term,
-            entries: Vec::new(),
-            hard_state: hs,
-            conf_state: meta.get_conf_state().clone(),
-        };
-        self.snapshot = snapshot;
+        let old_file = self
+            .snapshot_file
+            .take()
+            .filter(|old| old.name() != file.name());
+        let old_log = std::mem::replace(
+            &mut self.log,
+            MemLog {
+                start_index: meta.index,
+                start_term: meta.term,
+                entries: Vec::new(),
+                hard_state: hs,
+                conf_state: meta.get_conf_state().clone(),
+            },
+        );
+        let old_snapshot = std::mem::replace(&mut self.snapshot, snapshot);
+        self.remove_in_background(old_file, (old_log, old_snapshot));
+        self.snapshot_file = Some(file);
         self.members = members;
         Ok(state)
     }
@@ -680,11 +995,11 @@ impl RaftStorage {
     /// conf state and the member map. `None` when the stored snapshot is already there. The
     /// replica's index must be the raft applied index (the driver calls this between Readies).
     pub(crate) fn begin_snapshot(&self) -> Result<Option<SnapshotJob>> {
-        let state = self.replica.read(StateMachine::clone);
-        let index = state.index();
-        if index <= self.snapshot_index() {
+        if self.replica.index() <= self.snapshot_index() {
             return Ok(None);
         }
+        let state = self.replica.read(StateMachine::clone);
+        let index = state.index();
         let term = self.log.term(index).map_err(|e| {
             StorageError::Corrupt(format!("no term for applied index {index}: {e}"))
         })?;
@@ -698,12 +1013,14 @@ impl RaftStorage {
             meta,
             members: self.members.clone(),
             state,
+            dir: self.dir.clone(),
         }))
     }
 
-    /// Stores a snapshot built from [`RaftStorage::begin_snapshot`] and deletes the log up to
-    /// `keep` entries before it, on disk and in memory. Returns the snapshot index, or `None` when
-    /// the snapshot is stale (a newer one was stored or installed meanwhile).
+    /// Records a snapshot written by [`SnapshotJob::persist`] and deletes the log up to `keep`
+    /// entries before it, on disk and in memory, in one small transaction; then removes the
+    /// previous snapshot file. Returns the snapshot index, or `None` when the snapshot is stale (a
+    /// newer one was stored or installed meanwhile; its file is removed).
     pub(crate) async fn finish_snapshot(
         &mut self,
         built: BuiltSnapshot,
@@ -711,6 +1028,11 @@ impl RaftStorage {
     ) -> Result<Option<u64>> {
         let index = built.meta.index;
         if index <= self.snapshot_index() || index < self.log.start_index {
+            // Its file is not the recorded one (that would take the same index and term, which a
+            // stale job cannot have); check anyway, as removing the recorded file loses data.
+            if self.snapshot_file.as_ref().map(SnapshotFile::name) != Some(built.file.name()) {
+                self.remove_in_background(Some(built.file), built.data);
+            }
             return Ok(None);
         }
         let start = index.saturating_sub(keep).max(self.log.start_index);
@@ -718,52 +1040,80 @@ impl RaftStorage {
             .log
             .term(start)
             .map_err(|e| StorageError::Corrupt(format!("no term for log index {start}: {e}")))?;
-        let meta_bytes = encode(&built.meta)?;
-        let data = Bytes::from(built.data);
-        let db = self.db.clone();
-        let bytes = data.clone();
-        blocking(move || {
-            Batch {
-                delete_through: Some(start),
-                state: vec![
-                    (KEY_SNAPSHOT_META, meta_bytes),
-                    (KEY_SNAPSHOT_DATA, bytes.to_vec()),
-                    (KEY_LOG_START, encode_log_start(start, start_term)),
-                ],
-                durable: true,
-                ..Batch::default()
-            }
-            .commit(&db)
-        })
-        .await?;
-        let drop = (start - self.log.start_index) as usize;
-        self.log.entries.drain(..drop);
+        let batch = Batch {
+            delete_through: Some(start),
+            state: vec![
+                (KEY_SNAPSHOT_META, encode(&built.meta)?),
+                (KEY_SNAPSHOT_FILE, built.file.encode()),
+                (KEY_LOG_START, encode_log_start(start, start_term)),
+            ],
+            state_delete: vec![KEY_SNAPSHOT_DATA],
+            durable: true,
+            ..Batch::default()
+        };
+        self.write(batch).await?;
+        // Keep the tail; the compacted prefix is freed in the background.
+        let kept = self
+            .log
+            .entries
+            .split_off((start - self.log.start_index) as usize);
+        let compacted = std::mem::replace(&mut self.log.entries, kept);
         self.log.start_index = start;
         self.log.start_term = start_term;
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(built.meta);
-        snapshot.set_data(data);
-        self.snapshot = snapshot;
+        snapshot.set_data(built.data);
+        let old_snapshot = std::mem::replace(&mut self.snapshot, snapshot);
+        let old_file = self
+            .snapshot_file
+            .replace(built.file)
+            .filter(|old| self.snapshot_file.as_ref().map(SnapshotFile::name) != Some(old.name()));
+        self.remove_in_background(old_file, (compacted, old_snapshot));
         Ok(Some(index))
     }
 
-    /// [`RaftStorage::begin_snapshot`], build and [`RaftStorage::finish_snapshot`] in one go.
+    /// Removes a snapshot file no record points at any more, and frees `garbage` (the old
+    /// snapshot's data, the compacted entries), off the driver's path: unlinking a large file and
+    /// freeing tens of megabytes take milliseconds. A file left behind by a crash is removed on
+    /// the next open.
+    fn remove_in_background(&mut self, file: Option<SnapshotFile>, garbage: impl Send + 'static) {
+        self.removals.retain(|h| !h.is_finished());
+        let dir = self.dir.clone();
+        self.removals.push(tokio::task::spawn_blocking(move || {
+            if let Some(file) = file {
+                remove_snapshot_file(&dir, &file);
+            }
+            drop(garbage);
+        }));
+    }
+
+    /// Waits for the background removals of old snapshot files, so that nothing touches the data
+    /// directory once the driver has stopped.
+    pub(crate) async fn wait_removals(&mut self) {
+        for removal in self.removals.drain(..) {
+            let _ = removal.await;
+        }
+    }
+
+    /// [`RaftStorage::begin_snapshot`], persist and [`RaftStorage::finish_snapshot`] in one go.
     #[cfg(test)]
     pub(crate) async fn compact(&mut self, keep: u64) -> Result<Option<u64>> {
         let Some(job) = self.begin_snapshot()? else {
             return Ok(None);
         };
-        let built = blocking(move || Ok(job.build())).await?;
+        let built = blocking(move || job.persist(&mut || Ok(()))).await?;
         self.finish_snapshot(built, keep).await
     }
 }
 
 /// A snapshot being made: everything captured at the applied index, so that the slow part
-/// ([`SnapshotJob::build`], serialising the state) can run off the driver.
+/// ([`SnapshotJob::persist`]: serialising the state and writing the snapshot file) can run off the
+/// driver.
 pub(crate) struct SnapshotJob {
     meta: SnapshotMetadata,
     members: BTreeMap<u64, String>,
     state: StateMachine,
+    dir: PathBuf,
 }
 
 impl SnapshotJob {
@@ -772,19 +1122,43 @@ impl SnapshotJob {
         self.meta.index
     }
 
-    /// Serialises the state into snapshot data. CPU-bound: run it on a blocking thread.
-    pub(crate) fn build(self) -> BuiltSnapshot {
-        BuiltSnapshot {
-            data: encode_snapshot_data(&self.members, &self.state.snapshot()),
+    /// Serialises the state and writes it durably to its snapshot file, not recorded anywhere yet
+    /// (see [`RaftStorage::finish_snapshot`]). `before_rename` runs once the temporary file is
+    /// durable (the driver's cancellation check; a test's pause); its error abandons the file.
+    /// Blocking and CPU-bound: run it on a blocking thread.
+    pub(crate) fn persist(
+        self,
+        before_rename: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<BuiltSnapshot> {
+        let data = encode_snapshot_data(&self.members, &self.state.snapshot());
+        drop(self.state);
+        let file = write_snapshot_file(
+            &self.dir,
+            self.meta.index,
+            self.meta.term,
+            &data,
+            before_rename,
+        )?;
+        Ok(BuiltSnapshot {
             meta: self.meta,
-        }
+            data: Bytes::from(data),
+            file,
+        })
     }
 }
 
-/// A snapshot ready to be stored by [`RaftStorage::finish_snapshot`].
+/// A snapshot whose file is written, ready to be recorded by [`RaftStorage::finish_snapshot`].
 pub(crate) struct BuiltSnapshot {
     meta: SnapshotMetadata,
-    data: Vec<u8>,
+    data: Bytes,
+    file: SnapshotFile,
+}
+
+impl BuiltSnapshot {
+    /// Index the snapshot was taken at.
+    pub(crate) fn index(&self) -> u64 {
+        self.meta.index
+    }
 }
 
 impl Storage for RaftStorage {
@@ -1123,7 +1497,7 @@ mod tests {
         // The driver builds one off its loop and stores it.
         let job = s.begin_snapshot().unwrap().unwrap();
         assert_eq!(job.index(), 3);
-        let built = job.build();
+        let built = job.persist(&mut || Ok(())).unwrap();
         assert_eq!(s.finish_snapshot(built, 0).await.unwrap(), Some(3));
         let snap = s.snapshot(0, 2).unwrap();
         assert_eq!(snap.get_metadata().index, 3);
@@ -1152,7 +1526,12 @@ mod tests {
         for i in 1..=5 {
             s.replica().skip(i);
         }
-        let old = s.begin_snapshot().unwrap().unwrap().build();
+        let old = s
+            .begin_snapshot()
+            .unwrap()
+            .unwrap()
+            .persist(&mut || Ok(()))
+            .unwrap();
         // Meanwhile the leader sends a newer snapshot, which replaces the log.
         let sm = state_with_nodes(20, 2);
         s.install_snapshot(snapshot(20, 2, vec![1], &sm), None)
@@ -1218,5 +1597,461 @@ mod tests {
             s.term(6),
             Err(raft::Error::Store(raft::StorageError::Unavailable))
         );
+    }
+}
+
+/// The snapshot file layout at every point where a crash can interrupt it.
+#[cfg(test)]
+mod snapshot_file_tests {
+    use super::*;
+    use rswarm_store::{Node, Txn};
+    use std::sync::mpsc;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: Bytes::from(format!("entry-{index}")),
+            ..Entry::default()
+        }
+    }
+
+    fn create_node(s: &RaftStorage, index: u64) {
+        let txn = Txn {
+            timestamp_ms: index,
+            ops: vec![Txn::create(Node {
+                id: format!("n{index}"),
+                ..Node::default()
+            })],
+        };
+        s.replica().apply(index, &txn).unwrap();
+    }
+
+    /// A store with a snapshot (file) at 10 and the log 6..=30, entries applied through 25.
+    async fn store_with_snapshot(dir: &Path) -> RaftStorage {
+        let mut s = RaftStorage::open(dir).await.unwrap();
+        let cs = ConfState {
+            voters: vec![1],
+            ..ConfState::default()
+        };
+        s.set_conf_state(cs, BTreeMap::from([(1, "a:1".to_string())]))
+            .await
+            .unwrap();
+        s.append((1..=30).map(|i| entry(i, 2)).collect(), None, true)
+            .await
+            .unwrap();
+        for i in 1..=10 {
+            create_node(&s, i);
+        }
+        assert_eq!(s.compact(5).await.unwrap(), Some(10));
+        for i in 11..=25 {
+            create_node(&s, i);
+        }
+        s.wait_removals().await;
+        s
+    }
+
+    /// Names of the `snap-*` files in `dir`, sorted.
+    fn snap_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(SNAP_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn stored_state(s: &RaftStorage) -> StateMachine {
+        decode_snapshot(&s.snapshot.data).unwrap().1
+    }
+
+    fn db_has_snapshot_data(path: &Path) -> bool {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let state = txn.open_table(STATE).unwrap();
+        state.get(KEY_SNAPSHOT_DATA).unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn snapshot_files_are_named_by_term_and_index_and_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with_snapshot(dir.path()).await;
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-000000000000000a.snap"]
+        );
+        assert_eq!(
+            s.snapshot_path().unwrap(),
+            dir.path()
+                .join("snap-0000000000000002-000000000000000a.snap")
+        );
+        assert_eq!(s.compact(5).await.unwrap(), Some(25));
+        s.wait_removals().await;
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-0000000000000019.snap"],
+            "the previous file is removed once the new one is recorded"
+        );
+        let expected = s.replica().read(StateMachine::clone);
+        assert_eq!(stored_state(&s), expected);
+        drop(s);
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 25);
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 30);
+        assert_eq!(s.replica().read(StateMachine::clone), expected);
+    }
+
+    /// Crash while the temporary file is written (or before its rename): the database still
+    /// describes the previous snapshot, and the temporary file is removed.
+    #[tokio::test]
+    async fn crash_while_writing_leaves_a_temporary_file_that_open_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_snapshot(dir.path()).await;
+        let before = stored_state(&s);
+        let entries = all_entries(&s);
+        drop(s);
+        // A torn temporary file of the next snapshot, and one complete but never renamed.
+        let name = snapshot_file_name(25, 2);
+        std::fs::write(
+            dir.path().join(format!("{name}.3{TMP_SUFFIX}")),
+            b"RSWSNAP1\x02",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.4{TMP_SUFFIX}")),
+            encode_snapshot_data(&BTreeMap::new(), &StateMachine::new().snapshot()),
+        )
+        .unwrap();
+        // Not ours: left alone.
+        std::fs::write(dir.path().join("notes.txt"), b"keep me").unwrap();
+
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 10);
+        assert_eq!(stored_state(&s), before);
+        assert_eq!(s.replica().read(StateMachine::clone), before);
+        assert_eq!(all_entries(&s), entries, "the log is untouched");
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-000000000000000a.snap"]
+        );
+        assert!(dir.path().join("notes.txt").exists());
+    }
+
+    /// Crash after the rename, before the transaction that records the file: the file is complete
+    /// but nothing points at it, so the previous snapshot and the whole log stand; open removes
+    /// the file, and the same snapshot can be taken again.
+    #[tokio::test]
+    async fn crash_before_the_record_leaves_an_unrecorded_file_that_open_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_snapshot(dir.path()).await;
+        let before = stored_state(&s);
+        let entries = all_entries(&s);
+        let job = s.begin_snapshot().unwrap().unwrap();
+        assert_eq!(job.index(), 25);
+        let built = job.persist(&mut || Ok(())).unwrap();
+        assert_eq!(
+            snap_files(dir.path()),
+            [
+                "snap-0000000000000002-000000000000000a.snap",
+                "snap-0000000000000002-0000000000000019.snap"
+            ]
+        );
+        drop((built, s));
+
+        let mut s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 10);
+        assert_eq!(stored_state(&s), before);
+        assert_eq!(all_entries(&s), entries, "no entry was compacted");
+        assert_eq!(s.first_index().unwrap(), 6);
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-000000000000000a.snap"]
+        );
+        // The replica restarts from the snapshot at 10: apply 11..=25 again, snapshot again.
+        for i in 11..=25 {
+            create_node(&s, i);
+        }
+        assert_eq!(s.compact(5).await.unwrap(), Some(25));
+        s.wait_removals().await;
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-0000000000000019.snap"]
+        );
+    }
+
+    /// Crash after the record committed, before the previous file was removed: the new snapshot
+    /// and the compacted log stand, and open removes the previous file.
+    #[tokio::test]
+    async fn crash_after_the_record_leaves_the_previous_file_that_open_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with_snapshot(dir.path()).await;
+        let old = s.snapshot_path().unwrap();
+        let old_bytes = std::fs::read(&old).unwrap();
+        assert_eq!(s.compact(5).await.unwrap(), Some(25));
+        s.wait_removals().await;
+        let expected = s.replica().read(StateMachine::clone);
+        drop(s);
+        assert!(!old.exists());
+        std::fs::write(&old, old_bytes).unwrap();
+
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 25);
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.replica().read(StateMachine::clone), expected);
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-0000000000000019.snap"]
+        );
+    }
+
+    /// The recorded file exists by construction; if it is gone or damaged anyway, open refuses
+    /// rather than start from a wrong state.
+    #[tokio::test]
+    async fn a_missing_or_damaged_recorded_file_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_snapshot(dir.path()).await;
+        let path = s.snapshot_path().unwrap();
+        drop(s);
+        let good = std::fs::read(&path).unwrap();
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 0x20;
+        for (what, bytes) in [
+            ("truncated", Some(&good[..good.len() - 1])),
+            ("flipped", Some(&flipped[..])),
+            ("missing", None),
+        ] {
+            match bytes {
+                Some(b) => std::fs::write(&path, b).unwrap(),
+                None => std::fs::remove_file(&path).unwrap(),
+            }
+            let err = RaftStorage::open(dir.path())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("a {what} snapshot file opened"));
+            assert!(matches!(err, StorageError::Corrupt(_)), "{what}: {err}");
+        }
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(
+            RaftStorage::open(dir.path())
+                .await
+                .unwrap()
+                .snapshot_index(),
+            10
+        );
+    }
+
+    /// A snapshot from the leader follows the same layout: its file, one transaction, then the
+    /// previous file goes. An unrecorded file of an interrupted install is removed on open.
+    #[tokio::test]
+    async fn an_installed_snapshot_gets_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with_snapshot(dir.path()).await;
+        let sm = {
+            let mut sm = StateMachine::new();
+            sm.apply(
+                40,
+                &Txn {
+                    timestamp_ms: 1,
+                    ops: vec![Txn::create(Node {
+                        id: "from-leader".into(),
+                        ..Node::default()
+                    })],
+                },
+            )
+            .unwrap();
+            sm
+        };
+        let members = BTreeMap::from([(1, "a:1".to_string()), (2, "b:2".to_string())]);
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 40;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        snap.set_data(Bytes::from(encode_snapshot_data(&members, &sm.snapshot())));
+        // An interrupted earlier install of a snapshot at 35 left its file behind.
+        let stray = write_snapshot_file(dir.path(), 35, 3, b"stray", &mut || Ok(())).unwrap();
+        assert_eq!(s.install_snapshot(snap, None).await.unwrap(), sm);
+        s.wait_removals().await;
+        assert_eq!(
+            snap_files(dir.path()),
+            [
+                stray.name().as_str(),
+                "snap-0000000000000003-0000000000000028.snap"
+            ],
+            "the previous snapshot's file is gone; the stray one waits for the next open"
+        );
+        assert_eq!(s.first_index().unwrap(), 41);
+        drop(s);
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 40);
+        assert_eq!(s.members(), &members);
+        assert_eq!(s.replica().read(StateMachine::clone), sm);
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000003-0000000000000028.snap"]
+        );
+    }
+
+    /// A data directory from before snapshot files (the data inside the database) opens, and the
+    /// next snapshot moves the data to a file.
+    #[tokio::test]
+    async fn a_snapshot_kept_in_the_database_still_opens_and_moves_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut initial = StateMachine::new();
+        initial.apply(1, &Txn::default()).unwrap();
+        {
+            // What `bootstrap` wrote before.
+            let db = Database::create(&path).unwrap();
+            let mut meta = SnapshotMetadata {
+                index: 1,
+                term: 1,
+                ..SnapshotMetadata::default()
+            };
+            meta.mut_conf_state().voters = vec![1];
+            let members = BTreeMap::from([(1, "a:1".to_string())]);
+            Batch {
+                state: vec![
+                    (KEY_SNAPSHOT_META, encode(&meta).unwrap()),
+                    (
+                        KEY_SNAPSHOT_DATA,
+                        encode_snapshot_data(&members, &initial.snapshot()),
+                    ),
+                    (KEY_CONF_STATE, encode(meta.get_conf_state()).unwrap()),
+                ],
+                members: Some(members),
+                durable: true,
+                ..Batch::default()
+            }
+            .commit(&db)
+            .unwrap();
+        }
+        let mut s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 1);
+        assert_eq!(s.snapshot_path(), None);
+        assert_eq!(s.replica().read(StateMachine::clone), initial);
+        s.append((2..=5).map(|i| entry(i, 1)).collect(), None, true)
+            .await
+            .unwrap();
+        for i in 2..=5 {
+            create_node(&s, i);
+        }
+        assert_eq!(s.compact(0).await.unwrap(), Some(5));
+        s.wait_removals().await;
+        let expected = s.replica().read(StateMachine::clone);
+        drop(s);
+        assert!(!db_has_snapshot_data(&path), "the old record is deleted");
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000001-0000000000000005.snap"]
+        );
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 5);
+        assert_eq!(s.replica().read(StateMachine::clone), expected);
+    }
+
+    /// `bootstrap` writes its snapshot file before the database: run again after a crash in
+    /// between, it succeeds, and the file it left is replaced.
+    #[tokio::test]
+    async fn an_interrupted_bootstrap_can_be_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = snapshot_file_name(1, 1);
+        std::fs::write(dir.path().join(&name), b"half a bootstrap").unwrap();
+        std::fs::write(dir.path().join(format!("{name}.0{TMP_SUFFIX}")), b"half").unwrap();
+        let mut initial = StateMachine::new();
+        initial.apply(1, &Txn::default()).unwrap();
+        bootstrap(dir.path(), 1, "a:1", initial.clone()).unwrap();
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.replica().read(StateMachine::clone), initial);
+        assert_eq!(snap_files(dir.path()), [name]);
+    }
+
+    /// The snapshot file is written without the database: appends (fsync'd) go on while it is,
+    /// and recording it afterwards compacts only what it covers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_go_on_while_a_snapshot_file_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with_snapshot(dir.path()).await;
+        let job = s.begin_snapshot().unwrap().unwrap();
+        let (reached_tx, reached) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            job.persist(&mut || {
+                reached_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok(())
+            })
+        });
+        // The snapshot's temporary file is durable, not yet in place.
+        reached.recv().unwrap();
+        assert!(snap_files(dir.path())
+            .iter()
+            .any(|n| n.ends_with(TMP_SUFFIX)));
+        for i in 31..=60 {
+            s.append(vec![entry(i, 2)], None, true).await.unwrap();
+        }
+        s.set_conf_state(
+            ConfState {
+                voters: vec![1],
+                ..ConfState::default()
+            },
+            BTreeMap::from([(1, "a:1".to_string())]),
+        )
+        .await
+        .unwrap();
+        release.send(()).unwrap();
+        let built = writer.join().unwrap().unwrap();
+        assert_eq!(s.finish_snapshot(built, 5).await.unwrap(), Some(25));
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 60);
+        s.wait_removals().await;
+        drop(s);
+        let s = RaftStorage::open(dir.path()).await.unwrap();
+        assert_eq!(s.snapshot_index(), 25);
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 60);
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-0000000000000019.snap"]
+        );
+    }
+
+    /// A job abandoned before its rename (the driver stopped) leaves nothing behind.
+    #[tokio::test]
+    async fn an_abandoned_snapshot_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_snapshot(dir.path()).await;
+        let job = s.begin_snapshot().unwrap().unwrap();
+        let err = job
+            .persist(&mut || Err(StorageError::Task("stopping".into())))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StorageError::Task(_)), "{err}");
+        assert_eq!(
+            snap_files(dir.path()),
+            ["snap-0000000000000002-000000000000000a.snap"]
+        );
+    }
+
+    fn all_entries(s: &RaftStorage) -> Vec<Entry> {
+        let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+        s.entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_file_record_round_trips_and_rejects_a_wrong_length() {
+        let f = SnapshotFile {
+            index: 7,
+            term: 3,
+            len: 1234,
+            sha256: sha256(b"x"),
+        };
+        assert_eq!(SnapshotFile::decode(&f.encode()).unwrap(), f);
+        assert!(SnapshotFile::decode(&f.encode()[..55]).is_err());
+        assert_eq!(f.name(), "snap-0000000000000003-0000000000000007.snap");
     }
 }

@@ -205,6 +205,18 @@ async fn compacted_log_recovers_the_same_state() {
         storage.entry_count()
     );
     assert_eq!(storage.first_index().unwrap(), snap - 10 + 1);
+    // The snapshot's data is in its own file, the only snapshot file left.
+    let snap_path = storage.snapshot_path().expect("the snapshot is in a file");
+    let snap_files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap-"))
+        })
+        .collect();
+    assert_eq!(snap_files, [snap_path]);
     let path = storage.path().to_path_buf();
     drop(storage);
     let db = redb::Database::open(&path).unwrap();
