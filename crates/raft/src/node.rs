@@ -1247,17 +1247,14 @@ mod snapshot_tests {
         names
     }
 
-    /// The first snapshot is held just before its file is renamed into place (the data written
-    /// and fsync'd, nothing recorded) until the test lets it go: every commit made meanwhile must
-    /// resolve. Deterministic: the commits cannot finish before the hold unless the driver runs
-    /// independently of the snapshot.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commits_resolve_while_a_snapshot_is_being_persisted() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A bootstrapped single-member data dir, and a hook that holds the first snapshot just before
+    /// its file is renamed into place: `held` yields its index, sending on `release` lets it go.
+    fn bootstrap_with_held_snapshot(
+        dir: &std::path::Path,
+    ) -> (SnapshotHook, std_mpsc::Receiver<u64>, std_mpsc::Sender<()>) {
         let mut initial = StateMachine::new();
         initial.apply(1, &Txn::default()).unwrap();
-        bootstrap(dir.path(), 1, "127.0.0.1:1", initial).unwrap();
-
+        bootstrap(dir, 1, "127.0.0.1:1", initial).unwrap();
         let (held_tx, held) = std_mpsc::channel::<u64>();
         let (release, release_rx) = std_mpsc::channel::<()>();
         // Only the first snapshot waits; later ones go straight through.
@@ -1269,6 +1266,17 @@ mod snapshot_tests {
                 let _ = release_rx.recv();
             }
         });
+        (hook, held, release)
+    }
+
+    /// The first snapshot is held just before its file is renamed into place (the data written
+    /// and fsync'd, nothing recorded) until the test lets it go: every commit made meanwhile must
+    /// resolve. Deterministic: the commits cannot finish before the hold unless the driver runs
+    /// independently of the snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_resolve_while_a_snapshot_is_being_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hook, held, release) = bootstrap_with_held_snapshot(dir.path());
         let mut config = RaftConfig::new(1, dir.path());
         config.tick = Duration::from_millis(20);
         config.snapshot_interval = 20;
@@ -1354,19 +1362,7 @@ mod snapshot_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopping_driver_abandons_its_snapshot_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut initial = StateMachine::new();
-        initial.apply(1, &Txn::default()).unwrap();
-        bootstrap(dir.path(), 1, "127.0.0.1:1", initial).unwrap();
-        let (held_tx, held) = std_mpsc::channel::<u64>();
-        let (release, release_rx) = std_mpsc::channel::<()>();
-        let gate = Arc::new(Mutex::new(Some((held_tx, release_rx))));
-        let hook: SnapshotHook = Arc::new(move |_| {
-            let first = gate.lock().unwrap().take();
-            if let Some((held_tx, release_rx)) = first {
-                held_tx.send(0).unwrap();
-                let _ = release_rx.recv();
-            }
-        });
+        let (hook, held, release) = bootstrap_with_held_snapshot(dir.path());
         let mut config = RaftConfig::new(1, dir.path());
         config.tick = Duration::from_millis(20);
         config.snapshot_interval = 5;
