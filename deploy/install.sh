@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds rswarm (release) and installs rswarm, rswarm-manager and rswarm-agent into $PREFIX/bin
-# (default /usr/local), plus the systemd units when systemd is present. Run as root.
+# Builds rswarm (release) and installs rswarm, rswarm-manager, rswarm-agent and rswarm-shim into
+# $PREFIX/bin (default /usr/local), plus the systemd units when systemd is present; installs runc,
+# tini and iptables from Debian. Run as root.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -13,7 +14,7 @@ fi
 if command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    iproute2 util-linux procps ca-certificates >/dev/null
+    iproute2 util-linux procps ca-certificates runc tini iptables >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install a Rust toolchain (https://rustup.rs) and run this again" >&2
@@ -22,7 +23,7 @@ fi
 
 (cd "$root" && cargo build --release --locked -p rswarm)
 install -d "$prefix/bin"
-for b in rswarm rswarm-manager rswarm-agent; do
+for b in rswarm rswarm-manager rswarm-agent rswarm-shim; do
   install -m 0755 "$root/target/release/$b" "$prefix/bin/$b"
 done
 install -d -m 0700 /var/lib/rswarm

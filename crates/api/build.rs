@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rswarm/control/v1/control.proto",
         "rswarm/dispatcher/v1/dispatcher.proto",
         "rswarm/local/v1/local.proto",
+        "rswarm/local/v1/engine.proto",
         "rswarm/raft/v1/raft.proto",
     ];
     for f in &files {

@@ -23,6 +23,8 @@
 
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -221,6 +223,51 @@ fn cleanup_stale_namespaces() {
         kill_netns_processes(&name);
         sh_quiet("ip", &["netns", "del", &name]);
     }
+}
+
+/// Kills and deletes every runc container whose state lives in `runc_root` (their cgroups go with
+/// them).
+pub fn remove_runc_containers(runc_root: &Path) {
+    if !runc_root.is_dir() {
+        return;
+    }
+    let root = runc_root.display().to_string();
+    let out = Command::new("runc")
+        .args(["--root", &root, "list", "-q"])
+        .stderr(Stdio::null())
+        .output();
+    let Ok(out) = out else { return };
+    for id in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
+        sh_quiet("runc", &["--root", &root, "kill", "--all", id, "KILL"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sh_quiet("runc", &["--root", &root, "delete", "--force", id])
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The directories of a node's container cgroup parent (`/rswarm-<FNV-1a of the canonical state
+/// dir>`, as the engine names it) in every mounted hierarchy.
+pub fn cgroup_parent_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let dir = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let parent = format!("rswarm-{:08x}", h as u32);
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(&parent)];
+    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+        dirs.extend(entries.flatten().map(|e| e.path().join(&parent)));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
 }
 
 /// Mount points at or below `dir` (deepest first), from /proc/self/mountinfo.
@@ -1411,9 +1458,17 @@ impl Drop for Lab {
                 ),
             });
         }
-        // 2. Kill anything else still inside our namespaces (children that left the process group…).
+        // 2. Kill anything else still inside our namespaces (children that left the process group,
+        //    container shims), then the containers themselves: they live in namespaces of their own
+        //    and outlive their agents by design.
         for ns in &self.created_ns {
             kill_netns_processes(ns);
+        }
+        for host in &self.hosts {
+            remove_runc_containers(&host.state_dir().join("runc"));
+            for d in cgroup_parent_dirs(&host.state_dir()) {
+                let _ = fs::remove_dir(&d);
+            }
         }
 
         // 3. Explain failures.

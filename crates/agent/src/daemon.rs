@@ -6,21 +6,65 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use rswarm_api::control::v1::control_server::ControlServer;
+use rswarm_api::local::v1::containers_server::ContainersServer;
+use rswarm_api::local::v1::images_server::ImagesServer;
 use rswarm_api::local::v1::local_server::LocalServer;
 use rswarm_ca::transport::unix_incoming;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::service::{ContainersService, ImagesService};
+use crate::engine::{Engine, EngineOptions};
 use crate::local::{left, ControlForwarder, DaemonExit, LocalService};
 use crate::node::NodeContext;
 use crate::statedir::StateDir;
 use crate::{renew, session, AgentError};
 
-/// Where a daemon keeps its state and serves its local API.
+/// Where a daemon keeps its state and serves its local API, and how its container engine is set up.
 #[derive(Clone, Debug)]
 pub struct DaemonPaths {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    pub engine: EngineOptions,
+}
+
+/// The node's container engine with its own cancellation: it outlives the servers so that a
+/// leaving node can still remove its containers.
+pub struct EngineHandle {
+    pub engine: Engine,
+    cancel: CancellationToken,
+}
+
+impl EngineHandle {
+    /// Starts the engine (checks runc, shim and init; re-adopts containers).
+    pub async fn start(paths: &DaemonPaths) -> Result<EngineHandle, AgentError> {
+        let cancel = CancellationToken::new();
+        let engine = Engine::open(&paths.state_dir, paths.engine.clone(), cancel.clone()).await?;
+        Ok(EngineHandle { engine, cancel })
+    }
+
+    /// The local socket's `Images` and `Containers` services.
+    pub fn services(
+        &self,
+    ) -> (
+        ImagesServer<ImagesService>,
+        ContainersServer<ContainersService>,
+    ) {
+        (
+            ImagesServer::new(ImagesService::new(self.engine.clone())),
+            ContainersServer::new(ContainersService::new(self.engine.clone())),
+        )
+    }
+
+    /// Stops the engine's tasks; containers keep running unless the node is leaving.
+    pub async fn stop(self, leaving: bool) {
+        if leaving {
+            self.engine.remove_all().await;
+            self.engine.teardown().await;
+        }
+        self.cancel.cancel();
+        self.engine.shutdown().await;
+    }
 }
 
 /// Runs a worker node until `cancel` fires or the node leaves the cluster.
@@ -43,14 +87,18 @@ pub async fn run_worker(
     tracing::info!(node_id = %config.node_id, cluster_id = %config.cluster_id, "starting worker");
     let ctx = NodeContext::new(dir.clone(), config, identity)?;
     let leave = Arc::new(AtomicBool::new(false));
+    let engine = EngineHandle::start(&paths).await?;
     let incoming = unix_incoming(&paths.socket)?;
 
     let mut tasks = JoinSet::new();
     tasks.spawn(session::run(ctx.clone(), cancel.clone()));
     tasks.spawn(renew::run(ctx.clone(), cancel.clone()));
     let local = LocalService::new(ctx.clone(), None, cancel.clone(), leave.clone());
+    let (images, containers) = engine.services();
     let server = tonic::transport::Server::builder()
         .add_service(LocalServer::new(local))
+        .add_service(images)
+        .add_service(containers)
         .add_service(ControlServer::new(ControlForwarder::new(ctx.clone())))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     tasks.spawn(async move {
@@ -60,6 +108,7 @@ pub async fn run_worker(
     });
     cancel.cancelled().await;
     while tasks.join_next().await.is_some() {}
+    engine.stop(left(&leave)).await;
     finish(&dir, &paths.socket, &leave)
 }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 pub enum AgentError {
     #[error(transparent)]
     Ca(#[from] rswarm_ca::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error("{} already holds an rswarm node ({}); resume it with `{resume} --state-dir {} --socket <path>`, or run `rswarm leave --force` (or remove the directory) to start over", dir.display(), dir.join("node.json").display(), dir.display())]
     AlreadyInitialised { dir: PathBuf, resume: &'static str },
     #[error("{} holds no rswarm node (no node.json); create one with `rswarm init` or `rswarm join`", .0.display())]

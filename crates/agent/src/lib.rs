@@ -11,6 +11,7 @@
 
 mod backoff;
 pub mod daemon;
+pub mod engine;
 mod error;
 pub mod ids;
 pub mod join;

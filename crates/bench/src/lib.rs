@@ -9,6 +9,7 @@
 //! run ends, fails or is interrupted (Ctrl-C).
 
 pub mod cluster;
+pub mod engine;
 pub mod fsinfo;
 pub mod stats;
 pub mod store_bench;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rswarm_agent::daemon::{run_worker, DaemonPaths};
+use rswarm_agent::engine::EngineOptions;
 use rswarm_agent::join::{join, JoinOptions};
 use rswarm_agent::local::DaemonExit;
 use rswarm_agent::statedir::StateDir;
@@ -19,6 +20,7 @@ use rswarm_manager::{bootstrap, InitOptions};
 use tonic::transport::Channel;
 
 use crate::client::{connect, parse_host, status_error, Host};
+use crate::engine_args::{ContainerCommand, ImageCommand};
 use crate::output;
 use crate::shell::{init_logging, report, run_daemon};
 use crate::{
@@ -51,6 +53,9 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             match runtime.block_on(client_command(&cli.global, other)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is::<crate::engine_cmds::ExitStatus>() => e
+                    .downcast_ref::<crate::engine_cmds::ExitStatus>()
+                    .map_or(ExitCode::FAILURE, |s| ExitCode::from(s.0)),
                 Err(e) => {
                     report(&e);
                     ExitCode::FAILURE
@@ -60,11 +65,139 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn paths(d: &DaemonArgs) -> DaemonPaths {
-    DaemonPaths {
+fn paths(d: &DaemonArgs) -> anyhow::Result<DaemonPaths> {
+    Ok(DaemonPaths {
         state_dir: d.state_dir.clone(),
         socket: d.socket.clone(),
+        engine: engine_options(d)?,
+    })
+}
+
+/// Engine flags given on `init`/`join`/a daemon, kept in the state dir so a restarted daemon (a
+/// systemd unit without the flags) keeps them.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct EngineFlags {
+    #[serde(default)]
+    registry_mirrors: Vec<String>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    runtime: Option<std::path::PathBuf>,
+    #[serde(default)]
+    init_path: Option<std::path::PathBuf>,
+}
+
+const ENGINE_FLAGS_FILE: &str = "engine-flags.json";
+
+fn given_flags(d: &DaemonArgs) -> Option<EngineFlags> {
+    let f = EngineFlags {
+        registry_mirrors: d.registry_mirrors.clone(),
+        insecure_registries: d.insecure_registries.clone(),
+        runtime: d.runtime.clone(),
+        init_path: d.init_path.clone(),
+    };
+    let any = !f.registry_mirrors.is_empty()
+        || !f.insecure_registries.is_empty()
+        || f.runtime.is_some()
+        || f.init_path.is_some();
+    any.then_some(f)
+}
+
+/// Stores the engine flags given on this command line (once the state dir exists).
+fn save_engine_flags(d: &DaemonArgs) -> anyhow::Result<()> {
+    if let Some(f) = given_flags(d) {
+        let path = d.state_dir.join(ENGINE_FLAGS_FILE);
+        rswarm_agent::statedir::write_atomic(&path, &serde_json::to_vec_pretty(&f)?, 0o600)?;
     }
+    Ok(())
+}
+
+/// Docker's daemon.json keys that rswarm honours.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DaemonJson {
+    #[serde(default)]
+    registry_mirrors: Vec<String>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    runtime: Option<std::path::PathBuf>,
+    #[serde(default)]
+    init_path: Option<std::path::PathBuf>,
+    #[serde(default)]
+    log_opts: std::collections::BTreeMap<String, String>,
+}
+
+/// The engine's settings: the config file, then the flags (given now, or stored by an earlier run).
+pub fn engine_options(d: &DaemonArgs) -> anyhow::Result<EngineOptions> {
+    let file: DaemonJson = match std::fs::read(&d.config_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the config file {} is not valid JSON of daemon.json's shape",
+                d.config_file.display()
+            )
+        })?,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && d.config_file == std::path::Path::new(crate::DEFAULT_CONFIG_FILE) =>
+        {
+            DaemonJson::default()
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot read the config file {}", d.config_file.display())
+            })
+        }
+    };
+    let flags = match given_flags(d) {
+        Some(f) => f,
+        None => std::fs::read(d.state_dir.join(ENGINE_FLAGS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default(),
+    };
+    let mut registries = rswarm_image::RegistryConfig::default();
+    for m in file.registry_mirrors.iter().chain(&flags.registry_mirrors) {
+        if !m.starts_with("http://") && !m.starts_with("https://") {
+            bail!("invalid registry mirror {m:?}: use a URL such as https://mirror.example or http://10.0.0.5:5000");
+        }
+        if !registries.mirrors.contains(m) {
+            registries.mirrors.push(m.clone());
+        }
+    }
+    for r in file
+        .insecure_registries
+        .iter()
+        .chain(&flags.insecure_registries)
+    {
+        if r.contains("://") {
+            bail!("invalid insecure registry {r:?}: give HOST[:PORT] or a CIDR, without a scheme");
+        }
+        if !registries.insecure.contains(r) {
+            registries.insecure.push(r.clone());
+        }
+    }
+    let log_max_size = file
+        .log_opts
+        .get("max-size")
+        .map(|s| crate::engine_cmds::parse_bytes(s))
+        .transpose()?;
+    let log_max_files = file
+        .log_opts
+        .get("max-file")
+        .map(|s| {
+            s.parse::<u32>()
+                .context("log-opts max-file must be a number")
+        })
+        .transpose()?;
+    Ok(EngineOptions {
+        registries,
+        runtime: flags.runtime.or(file.runtime),
+        shim: None,
+        init: flags.init_path.or(file.init_path),
+        log_max_size,
+        log_max_files,
+    })
 }
 
 fn print(text: &str) {
@@ -73,8 +206,27 @@ fn print(text: &str) {
     let _ = out.flush();
 }
 
+/// The daemon's paths and engine settings, checked before anything is written.
+fn checked_paths(d: &DaemonArgs) -> Option<DaemonPaths> {
+    let paths = match paths(d) {
+        Ok(p) => p,
+        Err(e) => {
+            report(&e);
+            return None;
+        }
+    };
+    if let Err(e) = rswarm_agent::engine::preflight(&paths.engine) {
+        report(&anyhow::Error::new(e));
+        return None;
+    }
+    Some(paths)
+}
+
 fn init(args: InitArgs) -> ExitCode {
     init_logging(args.daemon.log_format);
+    let Some(paths) = checked_paths(&args.daemon) else {
+        return ExitCode::FAILURE;
+    };
     let opts = InitOptions {
         advertise_addr: args.advertise_addr.clone(),
         listen_addr: args.listen_addr,
@@ -103,7 +255,10 @@ fn init(args: InitArgs) -> ExitCode {
         outcome.node_id,
         output::join_instructions("worker", &outcome.worker_token, &outcome.manager_addr),
     ));
-    let paths = paths(&args.daemon);
+    if let Err(e) = save_engine_flags(&args.daemon) {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
     run_daemon(move |cancel| async move { Ok(run_manager(paths, cancel).await?) })
 }
 
@@ -117,7 +272,9 @@ fn detect_advertise(manager: &str) -> anyhow::Result<String> {
 
 fn join_cmd(args: JoinArgs) -> ExitCode {
     init_logging(args.daemon.log_format);
-    let paths = paths(&args.daemon);
+    let Some(paths) = checked_paths(&args.daemon) else {
+        return ExitCode::FAILURE;
+    };
     run_daemon(move |cancel| async move {
         let manager = with_default_port(&args.manager);
         let advertise_addr = match args.advertise_addr {
@@ -137,6 +294,7 @@ fn join_cmd(args: JoinArgs) -> ExitCode {
             () = cancel.cancelled() => return Ok(DaemonExit::Stopped),
         };
         print(&format!("This node joined a swarm as a {}.\n", config.role));
+        save_engine_flags(&args.daemon)?;
         Ok(run_worker(paths, cancel).await?)
     })
 }
@@ -144,7 +302,17 @@ fn join_cmd(args: JoinArgs) -> ExitCode {
 /// `rswarm-manager` / `rswarm-agent`: resume a node from its state dir.
 pub fn resume(args: DaemonArgs, manager: bool) -> ExitCode {
     init_logging(args.log_format);
-    let paths = paths(&args);
+    let paths = match paths(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            report(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = save_engine_flags(&args) {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
     if manager {
         run_daemon(move |cancel| async move { Ok(run_manager(paths, cancel).await?) })
     } else {
@@ -252,6 +420,34 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
                 }
             }
             print("Node left the swarm.\n");
+        }
+        Command::Image(c) => crate::engine_cmds::image_command(channel, c).await?,
+        Command::Container(c) => crate::engine_cmds::container_command(channel, c).await?,
+        Command::Run(a) => {
+            crate::engine_cmds::container_command(channel, ContainerCommand::Run(a)).await?
+        }
+        Command::Ps(a) => {
+            crate::engine_cmds::container_command(channel, ContainerCommand::Ls(a)).await?
+        }
+        Command::Exec(a) => {
+            crate::engine_cmds::container_command(channel, ContainerCommand::Exec(a)).await?
+        }
+        Command::Logs(a) => {
+            crate::engine_cmds::container_command(channel, ContainerCommand::Logs(a)).await?
+        }
+        Command::Images { quiet, format } => {
+            crate::engine_cmds::image_command(
+                channel,
+                ImageCommand::Ls {
+                    quiet,
+                    format,
+                    no_trunc: false,
+                },
+            )
+            .await?
+        }
+        Command::Pull(a) => {
+            crate::engine_cmds::image_command(channel, ImageCommand::Pull(a)).await?
         }
         Command::Version => {
             let server = LocalClient::new(channel)

@@ -6,19 +6,26 @@
 
 pub mod client;
 pub mod commands;
+pub mod engine_args;
+pub mod engine_cmds;
 pub mod output;
 pub mod shell;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine_args::{
+    ContainerCommand, ExecArgs, ImageCommand, LogsArgs, PsArgs, PullArgs, RunArgs,
+};
 use crate::shell::LogFormat;
 
 /// Where daemons keep state and listen locally unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/rswarm";
 pub const DEFAULT_SOCKET: &str = "/run/rswarm/rswarm.sock";
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/rswarm/daemon.json";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,6 +81,31 @@ pub enum Command {
     /// Docker's spelling: `rswarm swarm init|join|join-token|leave|update`.
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// Manage images on this node.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage containers on this node.
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Same as `rswarm container run`.
+    Run(RunArgs),
+    /// Same as `rswarm container ls`.
+    Ps(PsArgs),
+    /// Same as `rswarm container exec`.
+    Exec(ExecArgs),
+    /// Same as `rswarm container logs`.
+    Logs(LogsArgs),
+    /// Same as `rswarm image ls`.
+    Images {
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// json for machine-readable output.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Same as `rswarm image pull`.
+    Pull(PullArgs),
     /// Show the client and daemon versions.
     Version,
 }
@@ -184,6 +216,22 @@ pub struct DaemonArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A registry mirror for docker.io (repeatable), as Docker's `registry-mirrors`.
+    #[arg(long = "registry-mirror", value_name = "URL")]
+    pub registry_mirrors: Vec<String>,
+    /// A registry reached over plain HTTP or untrusted TLS (repeatable): HOST[:PORT] or a CIDR.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// The OCI runtime binary.
+    #[arg(long, value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
+    /// The init binary run as PID 1 in containers (a static tini).
+    #[arg(long, value_name = "PATH")]
+    pub init_path: Option<PathBuf>,
+    /// The daemon's JSON config file (Docker's daemon.json keys: registry-mirrors,
+    /// insecure-registries, runtime, log-opts).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+    pub config_file: PathBuf,
 }
 
 #[derive(Clone, Debug, Args)]

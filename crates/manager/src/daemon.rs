@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rswarm_agent::daemon::{finish, DaemonPaths};
+use rswarm_agent::daemon::{finish, DaemonPaths, EngineHandle};
 use rswarm_agent::local::{ClusterSummary, DaemonExit, LocalService};
 use rswarm_agent::node::NodeContext;
 use rswarm_agent::statedir::StateDir;
@@ -73,6 +73,7 @@ pub async fn run_manager(
             addr: listen.clone(),
             source,
         })?;
+    let engine = EngineHandle::start(&paths).await?;
     let local_incoming = unix_incoming(&paths.socket)?;
 
     // The raft store, its peers reached over mutual TLS with this node's certificate.
@@ -155,8 +156,11 @@ pub async fn run_manager(
         cancel.clone(),
         leave.clone(),
     );
+    let (images, containers) = engine.services();
     let local_server = tonic::transport::Server::builder()
         .add_service(LocalServer::new(local))
+        .add_service(images)
+        .add_service(containers)
         .add_service(ControlServer::with_interceptor(
             ControlService::new(store.clone(), monitor.clone()),
             manager_only,
@@ -171,6 +175,7 @@ pub async fn run_manager(
     cancel.cancelled().await;
     tracing::info!("shutting down");
     while tasks.join_next().await.is_some() {}
+    engine.stop(rswarm_agent::local::left(&leave)).await;
     raft_cancel.cancel();
     if let Err(e) = raft.wait_stopped().await {
         tracing::warn!(error = %e, "raft driver stopped with an error");

@@ -1,0 +1,1151 @@
+//! The node's container engine: images ([`rswarm_image`]), root filesystems, OCI specs, the shim and
+//! runc ([`rswarm_runtime`]), and local networking ([`rswarm_network`]) put together into
+//! containers with a lifecycle, served on the local socket by [`service`].
+//!
+//! One supervisor task per running container waits for its shim to exit and records the result.
+//! Lifecycle operations on one container are serialised by that container's own lock; the table lock
+//! is only held to read or swap records, never across IO.
+//!
+//! Architecture invariant: stopping the agent never stops containers. They are re-adopted from
+//! `container.json` + the shim's pid when the agent starts again.
+
+mod exec;
+mod parse;
+mod record;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rswarm_image::{ImageStore, RegistryConfig};
+use rswarm_network::{AttachRequest, Bridge, BridgeConfig, NetworkMode, PortMapping, Protocol};
+use rswarm_runtime::runc::Runc;
+use rswarm_runtime::shim::{self, ShimArgs};
+use rswarm_runtime::spec::{
+    self, ContainerConfig, EtcFiles, MountKind, NamespaceNet, SpecInputs, SpecMount,
+};
+use rswarm_runtime::volumes::Volumes;
+use rswarm_runtime::{rootfs, user};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use parse::MountRequest;
+pub use record::{ContainerRecord, State, Status};
+
+use crate::statedir::write_atomic;
+
+/// Errors of the engine, each mapped to a gRPC status at the API edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Image(#[from] rswarm_image::ImageError),
+    #[error(transparent)]
+    Network(#[from] rswarm_network::NetworkError),
+    #[error("{0}")]
+    Runtime(String),
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        EngineError::Invalid(msg.into())
+    }
+
+    fn runtime(e: impl std::fmt::Display) -> Self {
+        EngineError::Runtime(e.to_string())
+    }
+
+    fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<EngineError> for tonic::Status {
+    fn from(e: EngineError) -> Self {
+        let msg = e.to_string();
+        match e {
+            EngineError::Invalid(_) => tonic::Status::invalid_argument(msg),
+            EngineError::NotFound(_) => tonic::Status::not_found(msg),
+            EngineError::Conflict(_) => tonic::Status::failed_precondition(msg),
+            EngineError::Image(ref ie) => match ie {
+                rswarm_image::ImageError::NoSuchImage(_)
+                | rswarm_image::ImageError::ManifestNotFound { .. } => {
+                    tonic::Status::not_found(msg)
+                }
+                rswarm_image::ImageError::InvalidReference { .. }
+                | rswarm_image::ImageError::AmbiguousId(_) => tonic::Status::invalid_argument(msg),
+                rswarm_image::ImageError::InUse { .. }
+                | rswarm_image::ImageError::MultipleReferences { .. } => {
+                    tonic::Status::failed_precondition(msg)
+                }
+                rswarm_image::ImageError::Unauthorized { .. } => {
+                    tonic::Status::permission_denied(msg)
+                }
+                _ => tonic::Status::internal(msg),
+            },
+            _ => tonic::Status::internal(msg),
+        }
+    }
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How the engine is set up; from the daemon's flags and config file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EngineOptions {
+    /// Registry mirrors and insecure registries, as Docker's daemon.json has them.
+    #[serde(default)]
+    pub registries: RegistryConfig,
+    /// The OCI runtime binary (runc).
+    #[serde(default)]
+    pub runtime: Option<PathBuf>,
+    /// The shim binary; default: `rswarm-shim` beside the running executable.
+    #[serde(default)]
+    pub shim: Option<PathBuf>,
+    /// The init run as PID 1 in containers (tini-static).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Rotate a container's log when it grows past this many bytes.
+    #[serde(default)]
+    pub log_max_size: Option<u64>,
+    /// Keep this many log files per container.
+    #[serde(default)]
+    pub log_max_files: Option<u32>,
+}
+
+const DEFAULT_INIT: &str = "/usr/bin/tini-static";
+const DEFAULT_LOG_MAX_SIZE: u64 = 10 << 20;
+const DEFAULT_LOG_MAX_FILES: u32 = 3;
+const DEFAULT_STOP_TIMEOUT: u32 = 10;
+
+/// How a container's life ended, for waiters.
+#[derive(Clone, Debug, Default)]
+pub struct ExitReport {
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub error: String,
+}
+
+struct Entry {
+    record: ContainerRecord,
+    /// `Some` once the current run has ended; reset to `None` at each start.
+    exit: watch::Sender<Option<ExitReport>>,
+    /// Serialises lifecycle operations on this container.
+    op: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct Inner {
+    root: PathBuf,
+    containers_dir: PathBuf,
+    images: ImageStore,
+    runc: Runc,
+    volumes: Volumes,
+    bridge: Bridge,
+    shim: PathBuf,
+    init: Option<PathBuf>,
+    log_max_size: u64,
+    log_max_files: u32,
+    cgroup_parent: String,
+    table: Mutex<BTreeMap<String, Entry>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// A handle on the node's engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// FNV-1a of `s`, 8 hex digits: stable across runs and Rust versions (`DefaultHasher` is not).
+fn short_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+fn runtime_path(options: &EngineOptions) -> PathBuf {
+    options
+        .runtime
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runc"))
+}
+
+fn shim_path(options: &EngineOptions) -> PathBuf {
+    match options.shim.clone() {
+        Some(s) => s,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("rswarm-shim")))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/rswarm-shim")),
+    }
+}
+
+fn init_path(options: &EngineOptions) -> PathBuf {
+    options
+        .init
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_INIT))
+}
+
+/// `name` as the shell would find it: a path as given, else the first match in `$PATH`.
+fn find_in_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Checks that the runtime, the shim and the init exist, before a node is created on this host.
+pub fn preflight(options: &EngineOptions) -> Result<()> {
+    let runtime = runtime_path(options);
+    if find_in_path(&runtime).is_none() {
+        return Err(EngineError::runtime(format!(
+            "the container runtime {} was not found; install the Debian package `runc` (apt-get install runc) or pass --runtime PATH",
+            runtime.display()
+        )));
+    }
+    let shim = shim_path(options);
+    if !shim.is_file() {
+        return Err(EngineError::runtime(format!(
+            "the container shim {} is missing; install rswarm-shim beside the rswarm binaries (deploy/install.sh does)",
+            shim.display()
+        )));
+    }
+    let init = init_path(options);
+    if !init.is_file() {
+        return Err(EngineError::runtime(format!(
+            "the container init {} is missing; install the Debian package `tini` (apt-get install tini) or pass --init-path",
+            init.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Opens the engine in `state_dir`: checks the runtime, shim and init, then re-adopts the
+    /// containers a previous run left (running ones keep running).
+    pub async fn open(
+        state_dir: &Path,
+        options: EngineOptions,
+        cancel: CancellationToken,
+    ) -> Result<Engine> {
+        preflight(&options)?;
+        let runc = Runc::new(runtime_path(&options), state_dir.join("runc"));
+        let version = runc.check().await.map_err(EngineError::runtime)?;
+        tracing::info!(%version, "container runtime");
+        let shim = shim_path(&options);
+        let init = init_path(&options);
+        let root = state_dir.to_path_buf();
+        let containers_dir = root.join("containers");
+        for d in [&containers_dir, &root.join("runc")] {
+            std::fs::create_dir_all(d).map_err(|e| EngineError::io("create", d, e))?;
+        }
+        let images = ImageStore::open(&root.join("images"), options.registries.clone())?;
+        let volumes = Volumes::open(root.join("volumes")).map_err(EngineError::runtime)?;
+        let bridge = Bridge::new(BridgeConfig::for_state_dir(&root)).await?;
+        let cgroup_parent = format!(
+            "/rswarm-{}",
+            short_hash(
+                &root
+                    .canonicalize()
+                    .unwrap_or_else(|_| root.clone())
+                    .to_string_lossy()
+            )
+        );
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                root,
+                containers_dir,
+                images,
+                runc,
+                volumes,
+                bridge,
+                shim,
+                init: Some(init),
+                log_max_size: options.log_max_size.unwrap_or(DEFAULT_LOG_MAX_SIZE),
+                log_max_files: options.log_max_files.unwrap_or(DEFAULT_LOG_MAX_FILES),
+                cgroup_parent,
+                table: Mutex::new(BTreeMap::new()),
+                tasks: TaskTracker::new(),
+                cancel,
+            }),
+        };
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    /// The image store, for the images service.
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.inner.containers_dir.join(id)
+    }
+
+    fn save(&self, record: &ContainerRecord) -> Result<()> {
+        let path = self.dir(&record.id).join("container.json");
+        let bytes = serde_json::to_vec_pretty(record).map_err(EngineError::runtime)?;
+        write_atomic(&path, &bytes, 0o600).map_err(EngineError::runtime)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.inner
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Finds a container by name, full id or unique id prefix.
+    pub fn lookup(&self, key: &str) -> Result<String> {
+        let key = key.strip_prefix('/').unwrap_or(key);
+        let table = self.table();
+        if table.contains_key(key) {
+            return Ok(key.to_string());
+        }
+        if let Some(e) = table.values().find(|e| e.record.name == key) {
+            return Ok(e.record.id.clone());
+        }
+        let matches: Vec<&String> = if key.is_empty() {
+            Vec::new()
+        } else {
+            table.keys().filter(|id| id.starts_with(key)).collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::NotFound(format!("no such container: {key}"))),
+            _ => Err(EngineError::Invalid(format!(
+                "multiple containers match {key:?}: give more of the id"
+            ))),
+        }
+    }
+
+    /// A copy of a container's record.
+    pub fn record(&self, key: &str) -> Result<ContainerRecord> {
+        let id = self.lookup(key)?;
+        self.table()
+            .get(&id)
+            .map(|e| e.record.clone())
+            .ok_or_else(|| EngineError::NotFound(format!("no such container: {key}")))
+    }
+
+    /// Every container (running only unless `all`), newest first.
+    pub fn list(&self, all: bool) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> = self
+            .table()
+            .values()
+            .filter(|e| all || e.record.is_running())
+            .map(|e| e.record.clone())
+            .collect();
+        v.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// The directory holding a container's bundle and logs.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir(id)
+    }
+
+    fn op_lock(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        self.table()
+            .get(id)
+            .map(|e| e.op.clone())
+            .ok_or_else(|| EngineError::NotFound(format!("no such container: {id}")))
+    }
+
+    fn update<T>(&self, id: &str, f: impl FnOnce(&mut ContainerRecord) -> T) -> Result<T> {
+        let (out, rec) = {
+            let mut table = self.table();
+            let entry = table
+                .get_mut(id)
+                .ok_or_else(|| EngineError::NotFound(format!("no such container: {id}")))?;
+            let out = f(&mut entry.record);
+            (out, entry.record.clone())
+        };
+        self.save(&rec)?;
+        Ok(out)
+    }
+
+    /// Whether any container (in any state) uses the image `image_id`.
+    pub fn image_in_use(&self, image_id: &str) -> bool {
+        self.table().values().any(|e| e.record.image_id == image_id)
+    }
+
+    /// A receiver that yields `Some` once the container's current run has ended.
+    pub fn exit_watch(&self, key: &str) -> Result<watch::Receiver<Option<ExitReport>>> {
+        let id = self.lookup(key)?;
+        self.table()
+            .get(&id)
+            .map(|e| e.exit.subscribe())
+            .ok_or_else(|| EngineError::NotFound(format!("no such container: {key}")))
+    }
+
+    // ---- create -------------------------------------------------------------------------------
+
+    /// Creates a container from a local image. Nothing is left behind on error.
+    pub async fn create(&self, req: CreateRequest) -> Result<ContainerRecord> {
+        let image = self.inner.images.resolve(&req.image)?.ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "no such image: {}; pull it first with `rswarm image pull {}`",
+                req.image, req.image
+            ))
+        })?;
+        let network: NetworkMode = if req.network.is_empty() {
+            NetworkMode::Bridge
+        } else {
+            req.network.parse()?
+        };
+        let mut ports: Vec<PortMapping> = Vec::new();
+        for p in &req.publish {
+            ports.extend(rswarm_network::parse_publish(p)?);
+        }
+        if !ports.is_empty() && network != NetworkMode::Bridge {
+            return Err(EngineError::invalid(format!(
+                "published ports need the bridge network; --network {network} shares another namespace (drop -p)"
+            )));
+        }
+        let mut mounts = Vec::new();
+        for v in &req.volumes {
+            mounts.push(parse::parse_volume(v, || random_hex(32))?);
+        }
+        for t in &req.tmpfs {
+            mounts.push(parse::parse_tmpfs(t)?);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &mounts {
+            if !seen.insert(m.target().to_string()) {
+                return Err(EngineError::invalid(format!(
+                    "duplicate mount point: {}",
+                    m.target()
+                )));
+            }
+            if let MountRequest::Bind { source, .. } = m {
+                if !source.exists() {
+                    return Err(EngineError::invalid(format!(
+                        "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                        source.display()
+                    )));
+                }
+            }
+        }
+        let id = random_hex(32);
+        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let n = n.strip_prefix('/').unwrap_or(n);
+                parse::check_name(n)?;
+                n.to_string()
+            }
+            None => {
+                use rand::Rng;
+                let mut rng = rand::rng();
+                loop {
+                    let n = parse::random_name(
+                        rng.random::<u32>() as usize,
+                        rng.random::<u32>() as usize,
+                    );
+                    if !self.table().values().any(|e| e.record.name == n) {
+                        break n;
+                    }
+                }
+            }
+        };
+        let mut config = req.config;
+        if config.hostname.is_empty() {
+            config.hostname = id[..12].to_string();
+        }
+        if config.stop_signal.is_none() {
+            config.stop_signal = image
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.stop_signal().clone());
+        }
+        let command = spec::command_line(
+            image.config.config().as_ref(),
+            config.entrypoint.as_deref(),
+            &config.cmd,
+        )
+        .map_err(|e| EngineError::invalid(e.to_string()))?;
+        // Validates limits and mounts before anything is written.
+        spec::validate(&config).map_err(|e| EngineError::invalid(e.to_string()))?;
+        let record = ContainerRecord {
+            id: id.clone(),
+            name: name.clone(),
+            image: req.image.clone(),
+            image_id: image.id.clone(),
+            created: now(),
+            config,
+            command,
+            network,
+            ports,
+            mounts,
+            auto_remove: req.auto_remove,
+            stop_timeout: req.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+            state: State {
+                status: Status::Created,
+                pid: 0,
+                shim_pid: 0,
+                exit_code: 0,
+                oom_killed: false,
+                error: String::new(),
+                started_at: 0,
+                finished_at: 0,
+            },
+            attachment: None,
+            labels: req.labels,
+        };
+        {
+            let mut table = self.table();
+            if table.values().any(|e| e.record.name == name) {
+                return Err(EngineError::Conflict(format!(
+                    "the container name \"/{name}\" is already in use; remove that container or choose another name"
+                )));
+            }
+            table.insert(
+                id.clone(),
+                Entry {
+                    record: record.clone(),
+                    exit: watch::Sender::new(None),
+                    op: Arc::new(tokio::sync::Mutex::new(())),
+                },
+            );
+        }
+        if let Err(e) = self.prepare_dir(&record) {
+            self.table().remove(&id);
+            self.destroy_dir(&id);
+            return Err(e);
+        }
+        tracing::info!(id = %record.short_id(), name = %record.name, image = %record.image, "container created");
+        Ok(record)
+    }
+
+    fn prepare_dir(&self, record: &ContainerRecord) -> Result<()> {
+        let dir = self.dir(&record.id);
+        for sub in ["upper", "work", "rootfs"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| EngineError::io("create", &p, e))?;
+        }
+        self.save(record)
+    }
+
+    /// Unmounts and removes a container's directory; tolerant of partial state.
+    fn destroy_dir(&self, id: &str) {
+        let dir = self.dir(id);
+        let rootfs_dir = dir.join("rootfs");
+        if let Err(e) = rootfs::unmount(&rootfs_dir) {
+            tracing::warn!(id, error = %e, "cannot unmount the root filesystem");
+        }
+        if rootfs::is_mounted(&rootfs_dir) {
+            tracing::error!(
+                id,
+                "root filesystem still mounted; keeping {}",
+                dir.display()
+            );
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(id, error = %e, "cannot remove the container directory");
+            }
+        }
+    }
+
+    // ---- start --------------------------------------------------------------------------------
+
+    /// Starts a created or exited container.
+    pub async fn start(&self, key: &str) -> Result<()> {
+        let id = self.lookup(key)?;
+        let lock = self.op_lock(&id)?;
+        let _guard = lock.lock().await;
+        let record = self.record(&id)?;
+        if record.is_running() {
+            return Ok(());
+        }
+        match self.start_locked(&record).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = self.update(&id, |r| r.state.error = msg);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_locked(&self, record: &ContainerRecord) -> Result<()> {
+        let id = record.id.clone();
+        let dir = self.dir(&id);
+        let image = self
+            .inner
+            .images
+            .resolve(&record.image_id)?
+            .ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "the image {} of this container was removed; pull it again",
+                    record.image
+                ))
+            })?;
+        let rootfs_dir = dir.join("rootfs");
+        if !rootfs::is_mounted(&rootfs_dir) {
+            let layers = self.inner.images.layer_dirs(&image)?;
+            rootfs::mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs_dir)
+                .map_err(EngineError::runtime)?;
+        }
+        let (passwd, group) = user::read_image_user_files(&rootfs_dir);
+        let resolved = user::resolve_user(
+            record.config.user.as_deref(),
+            passwd.as_deref(),
+            group.as_deref(),
+        )
+        .map_err(|e| EngineError::invalid(e.to_string()))?;
+
+        let (net, shared_etc) = match &record.network {
+            NetworkMode::None | NetworkMode::Bridge => (NamespaceNet::New, None),
+            NetworkMode::Host => (NamespaceNet::Host, None),
+            NetworkMode::Container(other) => {
+                let other = self.record(other)?;
+                if !other.is_running() {
+                    return Err(EngineError::Conflict(format!(
+                        "cannot join the network of container {}: it is not running",
+                        other.name
+                    )));
+                }
+                (
+                    NamespaceNet::Join(PathBuf::from(format!("/proc/{}/ns/net", other.state.pid))),
+                    Some(self.dir(&other.id)),
+                )
+            }
+        };
+
+        let mut spec_mounts = Vec::new();
+        for m in &record.mounts {
+            match m {
+                MountRequest::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    if !source.exists() {
+                        return Err(EngineError::invalid(format!(
+                            "bind source path does not exist: {}",
+                            source.display()
+                        )));
+                    }
+                    spec_mounts.push(SpecMount {
+                        destination: target.clone(),
+                        kind: MountKind::Bind {
+                            source: source.clone(),
+                            read_only: *read_only,
+                        },
+                    });
+                }
+                MountRequest::Volume {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    let (data, created) = self
+                        .inner
+                        .volumes
+                        .ensure(name)
+                        .map_err(EngineError::runtime)?;
+                    if created {
+                        rswarm_runtime::volumes::copy_up_from_rootfs(&rootfs_dir, target, &data)
+                            .map_err(EngineError::runtime)?;
+                    }
+                    spec_mounts.push(SpecMount {
+                        destination: target.clone(),
+                        kind: MountKind::Bind {
+                            source: data,
+                            read_only: *read_only,
+                        },
+                    });
+                }
+                MountRequest::Tmpfs { target, size, mode } => spec_mounts.push(SpecMount {
+                    destination: target.clone(),
+                    kind: MountKind::Tmpfs {
+                        size: *size,
+                        mode: *mode,
+                    },
+                }),
+            }
+        }
+
+        // /etc/hosts, /etc/hostname, /etc/resolv.conf: our own files, or the joined container's.
+        let etc_dir = shared_etc.unwrap_or_else(|| dir.clone());
+        if etc_dir == dir {
+            write_etc_files(&dir, &record.config.hostname, &record.network)?;
+        }
+        let hosts = etc_dir.join("hosts");
+        let hostname_file = etc_dir.join("hostname");
+        let resolv = etc_dir.join("resolv.conf");
+        let cgroups_path = format!("{}/{}", self.inner.cgroup_parent, id);
+        let oci = spec::build_spec(&SpecInputs {
+            config: &record.config,
+            image: image.config.config().as_ref(),
+            rootfs: &rootfs_dir,
+            user: &resolved,
+            net,
+            mounts: &spec_mounts,
+            cgroups_path,
+            init_binary: self.inner.init.as_deref(),
+            etc_files: Some(EtcFiles {
+                hosts: &hosts,
+                hostname: &hostname_file,
+                resolv_conf: &resolv,
+            }),
+        })
+        .map_err(|e| EngineError::invalid(e.to_string()))?;
+        let config_json = serde_json::to_vec_pretty(&oci).map_err(EngineError::runtime)?;
+        write_atomic(&dir.join("config.json"), &config_json, 0o600)
+            .map_err(EngineError::runtime)?;
+        let _ = std::fs::remove_file(dir.join("exit.json"));
+        // A leftover runc container of an earlier run (agent crash) would make create fail.
+        let _ = self.inner.runc.delete(&id, true).await;
+
+        let args = ShimArgs {
+            id: id.clone(),
+            bundle: dir.clone(),
+            runc: self.inner.runc.binary().to_path_buf(),
+            runc_root: self.inner.runc.root().to_path_buf(),
+            log_max_size: self.inner.log_max_size,
+            log_max_files: self.inner.log_max_files,
+            detached: false,
+        };
+        let started = shim::spawn_shim(&self.inner.shim, &args)
+            .await
+            .map_err(EngineError::runtime)?;
+
+        let attachment = match self.attach_network(record, started.pid).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.abort_start(&id, started.shim_pid).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.inner.runc.start(&id).await {
+            if let Some(a) = &attachment {
+                let _ = self.inner.bridge.detach(a).await;
+            }
+            self.abort_start(&id, started.shim_pid).await;
+            return Err(EngineError::runtime(e));
+        }
+        if let Some(a) = &attachment {
+            write_hosts(&dir.join("hosts"), &record.config.hostname, Some(a.ip))?;
+        }
+        {
+            let mut table = self.table();
+            if let Some(entry) = table.get_mut(&id) {
+                entry.exit.send_replace(None);
+                let r = &mut entry.record;
+                r.state = State {
+                    status: Status::Running,
+                    pid: started.pid,
+                    shim_pid: started.shim_pid,
+                    exit_code: 0,
+                    oom_killed: false,
+                    error: String::new(),
+                    started_at: now(),
+                    finished_at: 0,
+                };
+                r.attachment = attachment;
+            }
+        }
+        let rec = self.record(&id)?;
+        self.save(&rec)?;
+        self.supervise(id.clone(), started.shim_pid);
+        tracing::info!(id = %rec.short_id(), pid = started.pid, "container started");
+        Ok(())
+    }
+
+    async fn attach_network(
+        &self,
+        record: &ContainerRecord,
+        pid: i32,
+    ) -> Result<Option<rswarm_network::Attachment>> {
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        match record.network {
+            NetworkMode::Bridge => {
+                let (used_ips, used_host_ports) = {
+                    let table = self.table();
+                    let mut ips = Vec::new();
+                    let mut ports = Vec::new();
+                    for e in table.values().filter(|e| e.record.is_running()) {
+                        if let Some(a) = &e.record.attachment {
+                            ips.push(a.ip);
+                            ports.extend(a.ports.iter().map(|p| (p.protocol, p.host_port)));
+                        }
+                    }
+                    (ips, ports)
+                };
+                let att = self
+                    .inner
+                    .bridge
+                    .attach(AttachRequest {
+                        container_id: record.id.clone(),
+                        netns,
+                        ports: record.ports.clone(),
+                        used_ips,
+                        used_host_ports,
+                    })
+                    .await?;
+                Ok(Some(att))
+            }
+            NetworkMode::None => {
+                rswarm_network::setup_loopback(&netns)?;
+                Ok(None)
+            }
+            NetworkMode::Host | NetworkMode::Container(_) => Ok(None),
+        }
+    }
+
+    async fn abort_start(&self, id: &str, shim_pid: i32) {
+        let _ = self.inner.runc.kill(id, "KILL", true).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), shim::wait_shim(shim_pid)).await;
+        let _ = self.inner.runc.delete(id, true).await;
+    }
+
+    /// Waits for the shim of a running container, then records the exit.
+    fn supervise(&self, id: String, shim_pid: i32) {
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                r = shim::wait_shim(shim_pid) => {
+                    if let Err(e) = r {
+                        tracing::warn!(id = %id, error = %e, "cannot wait for the shim; polling");
+                        while shim::shim_alive(shim_pid, &id) {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                // The agent stops: the container keeps running; the next agent re-adopts it.
+                () = engine.inner.cancel.cancelled() => return,
+            }
+            engine.on_exit(&id).await;
+        });
+    }
+
+    async fn on_exit(&self, id: &str) {
+        let Ok(lock) = self.op_lock(id) else { return };
+        let _guard = lock.lock().await;
+        self.finish_run(id).await;
+        let auto_remove = self.record(id).map(|r| r.auto_remove).unwrap_or(false);
+        if auto_remove {
+            self.remove_locked(id);
+        }
+    }
+
+    /// Records how the current run ended and releases its runtime resources. Caller holds the op
+    /// lock.
+    async fn finish_run(&self, id: &str) {
+        let dir = self.dir(id);
+        let (exit_code, signal_err, oom) = match shim::read_exit(&dir) {
+            Ok(Some(x)) => (i64::from(x.exit_code), String::new(), x.oom_killed),
+            Ok(None) => (
+                255,
+                "the container's shim ended without recording an exit status".to_string(),
+                false,
+            ),
+            Err(e) => (255, format!("cannot read the exit status: {e}"), false),
+        };
+        let attachment = self.record(id).ok().and_then(|r| r.attachment);
+        if let Some(a) = &attachment {
+            if let Err(e) = self.inner.bridge.detach(a).await {
+                tracing::warn!(id, error = %e, "cannot release the container's network");
+            }
+        }
+        if let Err(e) = self.inner.runc.delete(id, true).await {
+            tracing::warn!(id, error = %e, "runc delete failed");
+        }
+        let report = ExitReport {
+            exit_code,
+            oom_killed: oom,
+            error: signal_err.clone(),
+        };
+        let _ = self.update(id, |r| {
+            r.state.status = Status::Exited;
+            r.state.exit_code = exit_code;
+            r.state.oom_killed = oom;
+            r.state.error = signal_err;
+            r.state.finished_at = now();
+            r.state.pid = 0;
+            r.state.shim_pid = 0;
+        });
+        if let Some(e) = self.table().get(id) {
+            e.exit.send_replace(Some(report));
+        }
+        tracing::info!(id = %&id[..12.min(id.len())], exit_code, oom_killed = oom, "container exited");
+    }
+
+    // ---- stop / remove ------------------------------------------------------------------------
+
+    /// Sends the stop signal, waits `timeout` (or the container's own), then SIGKILL.
+    pub async fn stop(&self, key: &str, timeout: Option<u32>) -> Result<()> {
+        let id = self.lookup(key)?;
+        let record = self.record(&id)?;
+        if !record.is_running() {
+            return Ok(());
+        }
+        let mut exit = self.exit_watch(&id)?;
+        let signal = record
+            .config
+            .stop_signal
+            .clone()
+            .unwrap_or_else(|| "TERM".to_string());
+        let timeout = Duration::from_secs(u64::from(timeout.unwrap_or(record.stop_timeout)));
+        if let Err(e) = self.inner.runc.kill(&id, &signal, false).await {
+            tracing::debug!(id = %id, error = %e, "stop signal not delivered");
+        }
+        let exited = matches!(
+            tokio::time::timeout(timeout, exit.wait_for(Option::is_some)).await,
+            Ok(Ok(_))
+        );
+        if !exited {
+            tracing::info!(id = %record.short_id(), "did not stop in time; sending SIGKILL");
+            let _ = self.inner.runc.kill(&id, "KILL", true).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), exit.wait_for(Option::is_some)).await;
+        }
+        Ok(())
+    }
+
+    /// Removes a container; a running one only with `force` (it is killed first).
+    pub async fn remove(&self, key: &str, force: bool) -> Result<()> {
+        let id = self.lookup(key)?;
+        let record = self.record(&id)?;
+        if record.is_running() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "you cannot remove a running container {}: stop the container before removing it or use --force",
+                    record.short_id()
+                )));
+            }
+            let mut exit = self.exit_watch(&id)?;
+            let _ = self.inner.runc.kill(&id, "KILL", true).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), exit.wait_for(Option::is_some)).await;
+        }
+        let lock = self.op_lock(&id)?;
+        let _guard = lock.lock().await;
+        if self.record(&id)?.is_running() {
+            return Err(EngineError::Conflict(format!(
+                "container {} is still running after SIGKILL; try again",
+                record.short_id()
+            )));
+        }
+        self.remove_locked(&id);
+        Ok(())
+    }
+
+    fn remove_locked(&self, id: &str) {
+        self.destroy_dir(id);
+        self.table().remove(id);
+        tracing::info!(id = %&id[..12.min(id.len())], "container removed");
+    }
+
+    /// `rswarm leave`: the node's state goes away, so its containers must too.
+    pub async fn remove_all(&self) {
+        let ids: Vec<String> = self.table().keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.remove(&id, true).await {
+                tracing::warn!(id = %id, error = %e, "cannot remove container");
+            }
+        }
+    }
+
+    /// Removes what the engine made outside its state dir (when the node leaves): the bridge, its
+    /// NAT rules and chains, and the (empty) cgroup parent of its containers.
+    pub async fn teardown(&self) {
+        if let Err(e) = self.inner.bridge.teardown().await {
+            tracing::warn!(error = %e, "cannot remove the bridge network");
+        }
+        let parent = self.inner.cgroup_parent.trim_start_matches('/');
+        let mut dirs = vec![Path::new("/sys/fs/cgroup").join(parent)];
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            dirs.extend(entries.flatten().map(|e| e.path().join(parent)));
+        }
+        for d in dirs.iter().filter(|d| d.is_dir()) {
+            if let Err(e) = std::fs::remove_dir(d) {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot remove the cgroup parent");
+            }
+        }
+    }
+
+    /// Waits for the supervisors of exits already under way (not for running containers).
+    pub async fn shutdown(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    // ---- recovery -----------------------------------------------------------------------------
+
+    async fn recover(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.inner.containers_dir) {
+            Ok(e) => e,
+            Err(e) => return Err(EngineError::io("read", &self.inner.containers_dir, e)),
+        };
+        let mut running = Vec::new();
+        let mut dead = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let record: Option<ContainerRecord> = std::fs::read(dir.join("container.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(record) = record else {
+                tracing::warn!(id = %id, "removing a container directory without a record (interrupted create)");
+                self.destroy_dir(&id);
+                continue;
+            };
+            if record.is_running() {
+                if shim::shim_alive(record.state.shim_pid, &id) {
+                    running.push((id.clone(), record.state.shim_pid));
+                } else {
+                    dead.push(id.clone());
+                }
+            }
+            self.table().insert(
+                id,
+                Entry {
+                    record,
+                    exit: watch::Sender::new(None),
+                    op: Arc::new(tokio::sync::Mutex::new(())),
+                },
+            );
+        }
+        let live: Vec<rswarm_network::Attachment> = self
+            .table()
+            .values()
+            .filter(|e| running.iter().any(|(id, _)| *id == e.record.id))
+            .filter_map(|e| e.record.attachment.clone())
+            .collect();
+        if !live.is_empty() || !dead.is_empty() {
+            self.inner.bridge.restore(&live).await?;
+        }
+        for (id, shim_pid) in running {
+            tracing::info!(id = %&id[..12.min(id.len())], "re-adopted running container");
+            self.supervise(id, shim_pid);
+        }
+        for id in dead {
+            tracing::info!(id = %&id[..12.min(id.len())], "container ended while the agent was down");
+            self.on_exit(&id).await;
+        }
+        Ok(())
+    }
+
+    /// Host ports published by running containers (for conflicts and `ls`).
+    pub fn published(&self) -> HashMap<(Protocol, u16), String> {
+        let mut m = HashMap::new();
+        for e in self.table().values().filter(|e| e.record.is_running()) {
+            if let Some(a) = &e.record.attachment {
+                for p in &a.ports {
+                    m.insert((p.protocol, p.host_port), e.record.id.clone());
+                }
+            }
+        }
+        m
+    }
+
+    /// The runc driver, for exec.
+    pub(crate) fn runc(&self) -> &Runc {
+        &self.inner.runc
+    }
+
+    /// The state dir the engine lives in.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+}
+
+/// What `container create` takes, after the CLI's flags.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub image: String,
+    pub name: Option<String>,
+    pub config: ContainerConfig,
+    pub publish: Vec<String>,
+    pub volumes: Vec<String>,
+    pub tmpfs: Vec<String>,
+    pub network: String,
+    pub auto_remove: bool,
+    pub stop_timeout: Option<u32>,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn write_etc_files(dir: &Path, hostname: &str, network: &NetworkMode) -> Result<()> {
+    let write = |name: &str, content: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).map_err(|e| EngineError::io("write", &p, e))
+    };
+    write("hostname", format!("{hostname}\n").as_bytes())?;
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    match network {
+        NetworkMode::Host => {
+            let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
+            write("hosts", &hosts)?;
+            write("resolv.conf", host_resolv.as_bytes())?;
+        }
+        _ => {
+            write_hosts(&dir.join("hosts"), hostname, None)?;
+            // A nameserver on the host's loopback is unreachable from the container's namespace.
+            let filtered: String = host_resolv
+                .lines()
+                .filter(|l| {
+                    let l = l.trim();
+                    !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write("resolv.conf", filtered.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites `hosts` in place (it is bind-mounted: a rename would not reach the container).
+fn write_hosts(path: &Path, hostname: &str, ip: Option<std::net::Ipv4Addr>) -> Result<()> {
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = ip {
+        s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    std::fs::write(path, s).map_err(|e| EngineError::io("write", path, e))
+}
