@@ -168,6 +168,11 @@ fn engine_runs_containers_from_a_registry() {
         ),
         (&["--hostname", "web1", bb, "hostname"], "web1"),
         (&[bb, "sh", "-c", "cat /seed/file"], "from-the-image"),
+        // The shim's blocked signals do not leak into the container.
+        (
+            &[bb, "sh", "-c", "grep SigBlk /proc/$$/status"],
+            "SigBlk:\t0000000000000000",
+        ),
     ];
     for (args, want) in cases {
         let mut full = vec!["container", "run", "--rm"];
@@ -506,11 +511,13 @@ fn engine_networking_between_hosts() {
             "--network",
             "none",
             &bb,
-            "cat",
-            "/proc/net/dev",
+            "sh",
+            "-c",
+            "cat /proc/net/dev; ip -o link show lo",
         ],
     );
     assert!(out.contains("lo:") && !out.contains("eth0"), "{out}");
+    assert!(out.contains("<LOOPBACK,UP"), "loopback is up: {out}");
     // host: the host's own interfaces (the lab's eth0 with 198.18.0.2).
     let out = ok(
         h2,

@@ -1,10 +1,11 @@
 //! The per-container shim (`rswarm-shim`) and the agent's side of it (docs/rfcs/002-containers.md,
 //! "The shim").
 //!
-//! The shim is synchronous and small: it creates the container with `runc create`, reports the
-//! init pid on its stdout, copies the container's stdout/stderr into `json.log`, reaps the
-//! container's init and writes `exit.json`. It runs detached (its own session, child of init), so
-//! it outlives agent restarts; the agent waits for it with a pidfd.
+//! The shim is synchronous and small: it creates the container with `runc create` (or creates and
+//! starts it with `runc run --detach`), reports the init pid on its stdout, copies the container's
+//! stdout/stderr into `json.log`, reaps the container's init and writes `exit.json`. It runs in a
+//! process group of its own with the terminating signals blocked, so it outlives agent restarts;
+//! the agent waits for it with a pidfd.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -129,6 +130,9 @@ pub struct ShimArgs {
     pub log_max_size: u64,
     /// Keep this many log files, the live one included.
     pub log_max_files: u32,
+    /// Start the container at once (`runc run --detach`) instead of leaving it created for a
+    /// later `runc start` (for callers that need nothing done between the two).
+    pub start: bool,
     /// Set by the shim itself on the process it re-executes; not for callers.
     pub detached: bool,
 }
@@ -148,6 +152,7 @@ impl ShimArgs {
             runc_root: runc_root.into(),
             log_max_size: 0,
             log_max_files: 1,
+            start: false,
             detached: false,
         }
     }
@@ -161,6 +166,7 @@ impl ShimArgs {
         let mut log_max_size = 0u64;
         let mut log_max_files = 1u32;
         let mut detached = false;
+        let mut start = false;
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             let arg = arg
@@ -172,6 +178,10 @@ impl ShimArgs {
             };
             if flag == "--detached" {
                 detached = true;
+                continue;
+            }
+            if flag == "--start" {
+                start = true;
                 continue;
             }
             let mut value = || {
@@ -216,6 +226,7 @@ impl ShimArgs {
             runc_root: runc_root.ok_or_else(|| missing("--runc-root"))?,
             log_max_size,
             log_max_files,
+            start,
             detached,
         })
     }
@@ -236,6 +247,9 @@ impl ShimArgs {
             "--log-max-files".into(),
             self.log_max_files.to_string().into(),
         ];
+        if self.start {
+            v.push("--start".into());
+        }
         if self.detached {
             v.push("--detached".into());
         }
@@ -346,12 +360,6 @@ fn run_detached(args: ShimArgs) -> i32 {
     let id = args.id.clone();
     // A new session: the agent's session, terminal and process group no longer reach us.
     let _ = nix::unistd::setsid();
-    // Only the container's end (or SIGKILL) ends the shim. std resets the mask for children.
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM] {
-        mask.add(s);
-    }
-    let _ = mask.thread_block();
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         report_error(format!("cannot become a child subreaper: {e}"));
         return 1;
@@ -428,7 +436,11 @@ fn supervise(args: &ShimArgs, bundle: &Path) -> Result<(), String> {
         .arg(&runc_log)
         .arg("--log-format")
         .arg("json")
-        .arg("create")
+        .args(if args.start {
+            &["run", "--detach"][..]
+        } else {
+            &["create"][..]
+        })
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
@@ -438,6 +450,14 @@ fn supervise(args: &ShimArgs, bundle: &Path) -> Result<(), String> {
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
     let spawned = cmd.spawn();
+    // Only the container's end (or SIGKILL) ends the shim from now on. Blocked only after runc is
+    // spawned: a child inherits the signal mask, and runc (and through it the container's
+    // processes) must not start with SIGTERM blocked.
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM] {
+        mask.add(s);
+    }
+    let _ = mask.thread_block();
     // Our copies of the write ends go away with the command: only runc and the container
     // hold them now, so the readers see EOF when the container's processes are gone.
     drop(cmd);
@@ -723,16 +743,21 @@ pub struct ShimStarted {
     pub shim_pid: i32,
 }
 
-/// Starts `shim_binary` for `args` (agent side), reads its report and reaps the first shim
-/// process. On success the container is created; the caller sets up networking and runs
-/// `runc start`. On failure the error carries runc's own message.
+/// Starts `shim_binary` for `args` (agent side) detached, in its own process group, and reads its
+/// report. On success the container is created (and started, with `args.start`); otherwise the
+/// caller sets up networking and runs `runc start`. On failure the error carries runc's own message.
 pub async fn spawn_shim(shim_binary: &Path, args: &ShimArgs) -> Result<ShimStarted, ShimError> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-    let mut plain = args.clone();
-    plain.detached = false;
+    // Started straight in its detached form, in a process group of its own so that signals to
+    // the agent's group do not reach it (it cannot call setsid as a group leader, and needs not:
+    // it has no terminal and blocks the terminating signals). It stays our child while we live
+    // (tokio reaps it once the handle is dropped) and becomes init's when we die.
+    let mut detached = args.clone();
+    detached.detached = true;
     let mut child = tokio::process::Command::new(shim_binary)
-        .args(plain.to_args())
+        .args(detached.to_args())
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -767,9 +792,11 @@ pub async fn spawn_shim(shim_binary: &Path, args: &ShimArgs) -> Result<ShimStart
             })
         }
     };
-    let status = child.wait().await;
     let line = line.trim();
     if line.is_empty() {
+        let status = tokio::time::timeout(SPAWN_TIMEOUT, child.wait())
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("still running")));
         let stderr = tokio::time::timeout(Duration::from_secs(2), stderr_task)
             .await
             .ok()
@@ -804,10 +831,14 @@ pub async fn spawn_shim(shim_binary: &Path, args: &ShimArgs) -> Result<ShimStart
         } => Ok(ShimStarted { pid, shim_pid }),
         Report {
             ok: false, error, ..
-        } => Err(ShimError::Create {
-            id: args.id.clone(),
-            message: error.unwrap_or_else(|| "the shim gave no reason".into()),
-        }),
+        } => {
+            // The shim exits right after reporting a failed create.
+            let _ = tokio::time::timeout(SPAWN_TIMEOUT, child.wait()).await;
+            Err(ShimError::Create {
+                id: args.id.clone(),
+                message: error.unwrap_or_else(|| "the shim gave no reason".into()),
+            })
+        }
         _ => Err(bad()),
     }
 }

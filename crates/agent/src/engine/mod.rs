@@ -610,6 +610,7 @@ impl Engine {
     }
 
     async fn start_locked(&self, record: &ContainerRecord) -> Result<()> {
+        let t0 = std::time::Instant::now();
         let id = record.id.clone();
         let dir = self.dir(&id);
         let image = self
@@ -628,6 +629,7 @@ impl Engine {
             rootfs::mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs_dir)
                 .map_err(EngineError::runtime)?;
         }
+        let t_mount = t0.elapsed();
         let (passwd, group) = user::read_image_user_files(&rootfs_dir);
         let resolved = user::resolve_user(
             record.config.user.as_deref(),
@@ -734,11 +736,16 @@ impl Engine {
         })
         .map_err(|e| EngineError::invalid(e.to_string()))?;
         let config_json = serde_json::to_vec_pretty(&oci).map_err(EngineError::runtime)?;
-        write_atomic(&dir.join("config.json"), &config_json, 0o600)
-            .map_err(EngineError::runtime)?;
+        // Rewritten at every start, so a crash can lose it harmlessly: no fsync on this path.
+        write_replace(&dir.join("config.json"), &config_json)?;
         let _ = std::fs::remove_file(dir.join("exit.json"));
         // A leftover runc container of an earlier run (agent crash) would make create fail.
-        let _ = self.inner.runc.delete(&id, true).await;
+        if self.inner.runc.root().join(&id).exists() {
+            let _ = self.inner.runc.delete(&id, true).await;
+        }
+        // Only the bridge has work to do between create and start (a veth into the new
+        // namespace); everything else starts in one runc call.
+        let start_now = record.network != NetworkMode::Bridge;
 
         let args = ShimArgs {
             id: id.clone(),
@@ -747,12 +754,15 @@ impl Engine {
             runc_root: self.inner.runc.root().to_path_buf(),
             log_max_size: self.inner.log_max_size,
             log_max_files: self.inner.log_max_files,
+            start: start_now,
             detached: false,
         };
+        let t_prepared = t0.elapsed();
         let started = shim::spawn_shim(&self.inner.shim, &args)
             .await
             .map_err(EngineError::runtime)?;
 
+        let t_shim = t0.elapsed();
         let attachment = match self.attach_network(record, started.pid).await {
             Ok(a) => a,
             Err(e) => {
@@ -760,12 +770,14 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Err(e) = self.inner.runc.start(&id).await {
-            if let Some(a) = &attachment {
-                let _ = self.inner.bridge.detach(a).await;
+        if !start_now {
+            if let Err(e) = self.inner.runc.start(&id).await {
+                if let Some(a) = &attachment {
+                    let _ = self.inner.bridge.detach(a).await;
+                }
+                self.abort_start(&id, started.shim_pid).await;
+                return Err(EngineError::runtime(e));
             }
-            self.abort_start(&id, started.shim_pid).await;
-            return Err(EngineError::runtime(e));
         }
         if let Some(a) = &attachment {
             write_hosts(&dir.join("hosts"), &record.config.hostname, Some(a.ip))?;
@@ -790,6 +802,13 @@ impl Engine {
         }
         let rec = self.record(&id)?;
         self.save(&rec)?;
+        tracing::debug!(
+            mount = ?t_mount,
+            prepared = ?t_prepared,
+            shim = ?t_shim,
+            total = ?t0.elapsed(),
+            "start timings"
+        );
         self.supervise(id.clone(), started.shim_pid);
         tracing::info!(id = %rec.short_id(), pid = started.pid, "container started");
         Ok(())
@@ -828,11 +847,8 @@ impl Engine {
                     .await?;
                 Ok(Some(att))
             }
-            NetworkMode::None => {
-                rswarm_network::setup_loopback(&netns)?;
-                Ok(None)
-            }
-            NetworkMode::Host | NetworkMode::Container(_) => Ok(None),
+            // runc brings `lo` up in a namespace it creates.
+            NetworkMode::None | NetworkMode::Host | NetworkMode::Container(_) => Ok(None),
         }
     }
 
@@ -1137,6 +1153,14 @@ fn write_etc_files(dir: &Path, hostname: &str, network: &NetworkMode) -> Result<
         }
     }
     Ok(())
+}
+
+/// Replaces `path` through a temporary file and a rename (readers never see half a file), without
+/// the fsync of [`write_atomic`]: for files regenerated at every start.
+fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| EngineError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EngineError::io("rename", path, e))
 }
 
 /// Rewrites `hosts` in place (it is bind-mounted: a rename would not reach the container).
