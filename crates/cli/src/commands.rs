@@ -73,28 +73,17 @@ fn paths(d: &DaemonArgs) -> anyhow::Result<DaemonPaths> {
     })
 }
 
-/// Engine flags given on `init`/`join`/a daemon, kept in the state dir so a restarted daemon (a
-/// systemd unit without the flags) keeps them.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct EngineFlags {
-    #[serde(default)]
-    registry_mirrors: Vec<String>,
-    #[serde(default)]
-    insecure_registries: Vec<String>,
-    #[serde(default)]
-    runtime: Option<std::path::PathBuf>,
-    #[serde(default)]
-    init_path: Option<std::path::PathBuf>,
-}
-
+/// Engine flags given on `init`/`join`/a daemon are kept in the state dir (in daemon.json's shape),
+/// so a restarted daemon (a systemd unit without the flags) keeps them.
 const ENGINE_FLAGS_FILE: &str = "engine-flags.json";
 
-fn given_flags(d: &DaemonArgs) -> Option<EngineFlags> {
-    let f = EngineFlags {
+fn given_flags(d: &DaemonArgs) -> Option<DaemonJson> {
+    let f = DaemonJson {
         registry_mirrors: d.registry_mirrors.clone(),
         insecure_registries: d.insecure_registries.clone(),
         runtime: d.runtime.clone(),
         init_path: d.init_path.clone(),
+        log_opts: Default::default(),
     };
     let any = !f.registry_mirrors.is_empty()
         || !f.insecure_registries.is_empty()
@@ -113,7 +102,7 @@ fn save_engine_flags(d: &DaemonArgs) -> anyhow::Result<()> {
 }
 
 /// Docker's daemon.json keys that rswarm honours.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct DaemonJson {
     #[serde(default)]
@@ -124,7 +113,7 @@ struct DaemonJson {
     runtime: Option<std::path::PathBuf>,
     #[serde(default)]
     init_path: Option<std::path::PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     log_opts: std::collections::BTreeMap<String, String>,
 }
 
@@ -596,4 +585,86 @@ async fn node_command(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn daemon_args(
+        extra: &[&str],
+        state: &std::path::Path,
+        config: &std::path::Path,
+    ) -> DaemonArgs {
+        let mut argv = vec![
+            "rswarm-agent".to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--config-file".into(),
+            config.display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        crate::DaemonCli::try_parse_from(argv).unwrap().daemon
+    }
+
+    #[test]
+    fn engine_settings_merge_config_file_flags_and_stored_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let config = dir.path().join("daemon.json");
+        std::fs::write(
+            &config,
+            r#"{"registry-mirrors": ["https://mirror.example"], "insecure-registries": ["10.0.0.0/8"],
+                "log-opts": {"max-size": "1m", "max-file": "2"}}"#,
+        )
+        .unwrap();
+        let d = daemon_args(&["--insecure-registry", "reg.local:5000"], &state, &config);
+        let o = engine_options(&d).unwrap();
+        assert_eq!(o.registries.mirrors, vec!["https://mirror.example"]);
+        assert_eq!(o.registries.insecure, vec!["10.0.0.0/8", "reg.local:5000"]);
+        assert_eq!(o.log_max_size, Some(1 << 20));
+        assert_eq!(o.log_max_files, Some(2));
+        // Flags given once are kept in the state dir for later runs without them.
+        save_engine_flags(&d).unwrap();
+        let later = engine_options(&daemon_args(&[], &state, &config)).unwrap();
+        assert_eq!(
+            later.registries.insecure,
+            vec!["10.0.0.0/8", "reg.local:5000"]
+        );
+    }
+
+    #[test]
+    fn bad_engine_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("daemon.json");
+        std::fs::write(&config, "{not json").unwrap();
+        let err = engine_options(&daemon_args(&[], dir.path(), &config)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("daemon.json")
+                || format!("{err:#}").contains("not valid JSON")
+        );
+        let missing = dir.path().join("absent.json");
+        assert!(
+            engine_options(&daemon_args(&[], dir.path(), &missing)).is_err(),
+            "an explicit config file must exist"
+        );
+        std::fs::write(&config, "{}").unwrap();
+        let d = daemon_args(
+            &["--registry-mirror", "mirror.example"],
+            dir.path(),
+            &config,
+        );
+        let err = engine_options(&d).unwrap_err().to_string();
+        assert!(err.contains("invalid registry mirror"), "{err}");
+        let d = daemon_args(
+            &["--insecure-registry", "http://x:5000"],
+            dir.path(),
+            &config,
+        );
+        let err = engine_options(&d).unwrap_err().to_string();
+        assert!(err.contains("invalid insecure registry"), "{err}");
+    }
 }

@@ -381,28 +381,19 @@ fn expand_env(e: &str) -> String {
     }
 }
 
-/// `64m`, `1g`, `512k`, `100`: bytes.
+/// `64m`, `1g`, `512k`, `100`: bytes (the engine's own parser, so both sides agree).
 pub fn parse_bytes(s: &str) -> anyhow::Result<u64> {
-    let v = parse_size(s, "size")?;
-    u64::try_from(v).map_err(|_| anyhow::anyhow!("invalid size {s:?}: must not be negative"))
+    rswarm_agent::engine::parse_bytes(s).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// A size flag; `-1` means unlimited (as `--memory-swap -1`).
 fn parse_size(s: &str, what: &str) -> anyhow::Result<i64> {
-    if s == "-1" {
+    if s.trim() == "-1" {
         return Ok(-1);
     }
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: f64 = num
-        .parse()
+    let bytes = rswarm_agent::engine::parse_bytes(s)
         .map_err(|_| anyhow::anyhow!("invalid {what} {s:?}: use a size such as 64m or 1g"))?;
-    Ok((v * mult as f64) as i64)
+    i64::try_from(bytes).map_err(|_| anyhow::anyhow!("invalid {what} {s:?}: too large"))
 }
 
 /// `run`/`create` flags → the API's container spec.

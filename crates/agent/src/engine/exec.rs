@@ -198,15 +198,25 @@ fn run_pipes(
         for h in [o, e].into_iter().flatten() {
             let _ = h.await;
         }
-        feeder.abort();
-        let _ = std::fs::remove_file(&process);
-        let code = match status {
-            Ok(s) => i64::from(s.code().unwrap_or(255)),
-            Err(_) => 255,
-        };
-        let _ = tx.send(out(Output::ExitCode(code))).await;
+        finish(feeder, &process, status, &tx).await;
     });
     Ok(())
+}
+
+/// The end of an exec: stop feeding stdin, drop the process file, send the exit code last.
+async fn finish(
+    feeder: tokio::task::JoinHandle<()>,
+    process: &std::path::Path,
+    status: std::io::Result<std::process::ExitStatus>,
+    tx: &mpsc::Sender<Result<pb::ExecOutput, Status>>,
+) {
+    feeder.abort();
+    let _ = std::fs::remove_file(process);
+    let code = match status {
+        Ok(s) => i64::from(s.code().unwrap_or(255)),
+        Err(_) => 255,
+    };
+    let _ = tx.send(out(Output::ExitCode(code))).await;
 }
 
 /// A pseudo-terminal pair: we keep the master, runc gets the slave as its stdio.
@@ -286,13 +296,7 @@ async fn run_tty(
         let status = child.wait().await;
         // The master read ends (EIO) once runc, the last holder of the slave, is gone.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), pumper).await;
-        feeder.abort();
-        let _ = std::fs::remove_file(&process);
-        let code = match status {
-            Ok(s) => i64::from(s.code().unwrap_or(255)),
-            Err(_) => 255,
-        };
-        let _ = tx.send(out(Output::ExitCode(code))).await;
+        finish(feeder, &process, status, &tx).await;
     });
     Ok(())
 }

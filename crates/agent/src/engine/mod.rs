@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use parse::MountRequest;
+pub use parse::{parse_bytes, MountRequest};
 pub use record::{ContainerRecord, State, Status};
 
 use crate::statedir::write_atomic;
