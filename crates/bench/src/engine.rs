@@ -874,7 +874,7 @@ impl RuncReference {
     }
 
     /// Sample `n`: mounts a fresh overlay and writes the config (untimed), then times
-    /// `runc run -d` (with `split`: `runc create` + `runc start`, as the shim does) until it
+    /// `runc run -d` (with `split`: `runc create` + `runc start`, as the engine does for the bridge network) until it
     /// returns with the container running; the container is deleted afterwards (untimed).
     async fn sample(&self, n: usize, split: bool) -> anyhow::Result<Duration> {
         let bundle = self.dir.join(format!("run-{n}"));
@@ -1161,7 +1161,7 @@ impl<L: Write> Run<'_, L> {
         self.row([
             "1b",
             "Container start, as 1a, against `runc create` + `runc start`",
-            "ref: two runc processes, as the shim runs them (create, network attach, start)",
+            "ref: two runc processes, as the engine runs them for the bridge network (create, veth, start)",
             &grpc.len().to_string(),
             &fmt_p50_p90(&grpc),
             &fmt_p50_p90(&runc_split),
@@ -1180,12 +1180,12 @@ impl<L: Write> Run<'_, L> {
             DASH,
         ]);
         self.notes.push(format!(
-            "1: gRPC Create alone took p50 {} of rswarm's time; Start (the rest: shim, runc create + start) the remainder.",
+            "1: gRPC Create alone took p50 {} of rswarm's time; Start (the rest: overlay mount, spec, the shim and its `runc run --detach`) the remainder.",
             p50_p90(&creates).map_or_else(|| DASH.to_string(), |(p, _)| fmt_duration(p))
         ));
         self.notes.push(
             "1: both sides run tini + `sleep 1000` from the same OCI config (new mount, pid, ipc, uts, net and cgroup namespaces); \
-             rswarm's time includes its overlay mount, the spec, the shim and `runc create` + `runc start`; \
+             rswarm's time includes its overlay mount, the spec, the shim and its `runc run --detach` (with --network none nothing happens between create and start); \
              the runc reference's overlay mount and config are made before its clock starts. Samples alternate rswarm/runc; \
              containers are removed between samples (untimed)."
                 .to_string(),
