@@ -14,13 +14,13 @@ mod parse;
 mod record;
 pub mod service;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rswarm_image::{ImageStore, RegistryConfig};
-use rswarm_network::{AttachRequest, Bridge, BridgeConfig, NetworkMode, PortMapping, Protocol};
+use rswarm_network::{AttachRequest, Bridge, BridgeConfig, NetworkMode, PortMapping};
 use rswarm_runtime::runc::Runc;
 use rswarm_runtime::shim::{self, ShimArgs};
 use rswarm_runtime::spec::{
@@ -1084,19 +1084,6 @@ impl Engine {
             self.on_exit(&id).await;
         }
         Ok(())
-    }
-
-    /// Host ports published by running containers (for conflicts and `ls`).
-    pub fn published(&self) -> HashMap<(Protocol, u16), String> {
-        let mut m = HashMap::new();
-        for e in self.table().values().filter(|e| e.record.is_running()) {
-            if let Some(a) = &e.record.attachment {
-                for p in &a.ports {
-                    m.insert((p.protocol, p.host_port), e.record.id.clone());
-                }
-            }
-        }
-        m
     }
 
     /// The runc driver, for exec.
