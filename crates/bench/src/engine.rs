@@ -81,6 +81,11 @@ pub struct EngineArgs {
     /// Parent of the temp dir (default: /var/tmp when usable, else the system temp dir).
     #[arg(long)]
     pub tmp_dir: Option<PathBuf>,
+    /// Idle time before every start sample, so each starts from the same quiet state: without
+    /// it a sample that follows another start right away runs warm (measured here: the runc
+    /// reference at p50 34 ms right after an rswarm start, 42 ms after 300 ms of quiet).
+    #[arg(long, default_value_t = 300)]
+    pub sample_gap_ms: u64,
 }
 
 /// The parts of the engine benchmark.
@@ -105,6 +110,8 @@ pub struct EnginePlan {
     pub containers: usize,
     /// Wait before memory is read.
     pub settle: Duration,
+    /// Idle time before every start sample (`--sample-gap-ms`).
+    pub sample_gap: Duration,
 }
 
 impl EnginePlan {
@@ -120,6 +127,7 @@ impl EnginePlan {
             pulls: if quick { 2 } else { 5 },
             containers: 20,
             settle: Duration::from_secs(2),
+            sample_gap: Duration::from_millis(300),
         }
     }
 
@@ -1086,12 +1094,16 @@ impl<L: Write> Run<'_, L> {
         let mut runc_split = Vec::new();
         for i in 1..=self.plan.starts {
             // Removed at once (untimed); a container whose removal failed is left to the sweep.
+            let gap = self.plan.sample_gap;
             let mut one = Vec::new();
+            tokio::time::sleep(gap).await;
             let d = create_start(client, &sleep, &mut one).await;
             let removed = remove_all(client, &mut one).await;
             let d = d?;
             removed?;
+            tokio::time::sleep(gap).await;
             let r = reference.sample(2 * i - 1, false).await?;
+            tokio::time::sleep(gap).await;
             let r2 = reference.sample(2 * i, true).await?;
             say!(
                 self.log,
@@ -1110,6 +1122,7 @@ impl<L: Write> Run<'_, L> {
 
         let mut cli = Vec::new();
         for i in 1..=self.plan.cli_starts {
+            tokio::time::sleep(self.plan.sample_gap).await;
             let (d, out) = rswarm(
                 &self.rswarm,
                 node,
@@ -1186,7 +1199,7 @@ impl<L: Write> Run<'_, L> {
         self.notes.push(
             "1: both sides run tini + `sleep 1000` from the same OCI config (new mount, pid, ipc, uts, net and cgroup namespaces); \
              rswarm's time includes its overlay mount, the spec, the shim and its `runc run --detach` (with --network none nothing happens between create and start); \
-             the runc reference's overlay mount and config are made before its clock starts. Samples alternate rswarm/runc; \
+             the runc reference's overlay mount and config are made before its clock starts. Samples alternate rswarm/runc, each after the same idle gap (--sample-gap-ms); \
              containers are removed between samples (untimed)."
                 .to_string(),
         );
@@ -1527,7 +1540,8 @@ pub async fn run(
     out: &mut impl Write,
     log: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let plan = EnginePlan::new(args.quick, args.only);
+    let mut plan = EnginePlan::new(args.quick, args.only);
+    plan.sample_gap = Duration::from_millis(args.sample_gap_ms);
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => exe_dir()?,
