@@ -251,23 +251,11 @@ pub fn remove_runc_containers(runc_root: &Path) {
     }
 }
 
-/// The directories of a node's container cgroup parent (`/rswarm-<FNV-1a of the canonical state
-/// dir>`, as the engine names it) in every mounted hierarchy.
+/// The directories of a node's container cgroup parent in every mounted hierarchy (named as the
+/// engine names it).
 pub fn cgroup_parent_dirs(state_dir: &Path) -> Vec<PathBuf> {
-    let dir = state_dir
-        .canonicalize()
-        .unwrap_or_else(|_| state_dir.to_path_buf());
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.to_string_lossy().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let parent = format!("rswarm-{:08x}", h as u32);
-    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(&parent)];
-    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
-        dirs.extend(entries.flatten().map(|e| e.path().join(&parent)));
-    }
-    dirs.into_iter().filter(|d| d.is_dir()).collect()
+    use rswarm_runtime::cgroup;
+    cgroup::hierarchy_dirs(&cgroup::parent_for_state_dir(state_dir))
 }
 
 /// Mount points at or below `dir` (deepest first), from /proc/self/mountinfo.

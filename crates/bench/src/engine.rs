@@ -559,49 +559,29 @@ fn pids_with_args(needle: &str, also: Option<&str>) -> Vec<u32> {
     pids
 }
 
-/// The engine's cgroup parent name for a state dir (`rswarm-<FNV-1a of the canonical path>`,
-/// as the agent derives it).
+/// The engine's cgroup parent name for a state dir (the agent's own derivation).
 pub fn engine_cgroup_name(state: &Path) -> String {
-    let s = state.canonicalize().unwrap_or_else(|_| state.to_path_buf());
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.to_string_lossy().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("rswarm-{:08x}", h as u32)
+    rswarm_runtime::cgroup::parent_for_state_dir(state)
 }
 
 /// Removes the (empty) cgroup `name` from every hierarchy (v1 controllers and v2).
 fn rmdir_cgroup(name: &str) {
-    let root = Path::new("/sys/fs/cgroup");
-    let mut dirs = vec![root.to_path_buf()];
-    if let Ok(rd) = fs::read_dir(root) {
-        dirs.extend(rd.filter_map(Result::ok).map(|e| e.path()));
-    }
-    for d in dirs {
-        let cg = d.join(name);
-        if cg.is_dir() {
-            // Children first (runc removes its own, this is a fallback).
-            if let Ok(rd) = fs::read_dir(&cg) {
-                for e in rd.filter_map(Result::ok) {
-                    if e.path().is_dir() {
-                        let _ = fs::remove_dir(e.path());
-                    }
+    for cg in rswarm_runtime::cgroup::hierarchy_dirs(name) {
+        // Children first (runc removes its own, this is a fallback).
+        if let Ok(rd) = fs::read_dir(&cg) {
+            for e in rd.filter_map(Result::ok) {
+                if e.path().is_dir() {
+                    let _ = fs::remove_dir(e.path());
                 }
             }
-            let _ = fs::remove_dir(&cg);
         }
+        let _ = fs::remove_dir(&cg);
     }
 }
 
 /// True when the cgroup `name` exists in any hierarchy.
 fn cgroup_exists(name: &str) -> bool {
-    let root = Path::new("/sys/fs/cgroup");
-    root.join(name).is_dir()
-        || fs::read_dir(root).is_ok_and(|rd| {
-            rd.filter_map(Result::ok)
-                .any(|e| e.path().join(name).is_dir())
-        })
+    !rswarm_runtime::cgroup::hierarchy_dirs(name).is_empty()
 }
 
 /// Deletes every container of a runc root (`delete -f` SIGKILLs them first).

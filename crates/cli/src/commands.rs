@@ -189,7 +189,8 @@ pub fn engine_options(d: &DaemonArgs) -> anyhow::Result<EngineOptions> {
     })
 }
 
-fn print(text: &str) {
+/// Writes `text` to stdout and flushes.
+pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
@@ -309,7 +310,8 @@ pub fn resume(args: DaemonArgs, manager: bool) -> ExitCode {
     }
 }
 
-fn wants_json(format: &Option<String>) -> anyhow::Result<bool> {
+/// `--format`: table (the default) or json.
+pub(crate) fn wants_json(format: &Option<String>) -> anyhow::Result<bool> {
     match format.as_deref() {
         None | Some("table") => Ok(false),
         Some("json") => Ok(true),

@@ -14,10 +14,12 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::client::status_error;
+use crate::commands::{print as out, wants_json};
 use crate::engine_args::{
     ContainerCommand, ExecArgs, ImageCommand, LogsArgs, PsArgs, PullArgs, RunArgs,
 };
 use crate::output;
+use rswarm_image::short_id;
 
 /// A command that ends with a specific exit code (a container's), not an error message.
 #[derive(Debug)]
@@ -39,29 +41,10 @@ fn exit_with(code: i64) -> anyhow::Result<()> {
     }
 }
 
-fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = o.write_all(text.as_bytes());
-    let _ = o.flush();
-}
-
 fn err(text: &str) {
     let mut o = std::io::stderr().lock();
     let _ = o.write_all(text.as_bytes());
     let _ = o.flush();
-}
-
-fn wants_json(format: &Option<String>) -> anyhow::Result<bool> {
-    match format.as_deref() {
-        None | Some("table") => Ok(false),
-        Some("json") => Ok(true),
-        Some(f) => bail!("unsupported --format {f:?}: use json"),
-    }
-}
-
-fn short_id(id: &str) -> String {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    hex[..12.min(hex.len())].to_string()
 }
 
 fn human_size(bytes: u64) -> String {
@@ -77,15 +60,13 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// "5 seconds ago", "About a minute ago", as Docker's CREATED column.
 fn ago(created_unix: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let s = (now - created_unix).max(0);
-    match s {
-        0..=59 => format!("{s} seconds ago"),
-        60..=3599 => format!("{} minutes ago", s / 60),
-        3600..=172_799 => format!("{} hours ago", s / 3600),
-        _ => format!("{} days ago", s / 86400),
-    }
+    format!(
+        "{} ago",
+        rswarm_agent::engine::human_duration(now - created_unix)
+    )
 }
 
 fn rfc3339_unix(s: &str) -> Option<i64> {

@@ -1,5 +1,6 @@
 //! rswarm's container runtime layer (see docs/rfcs/002-containers.md).
 
+pub mod cgroup;
 pub mod logs;
 pub mod rootfs;
 pub mod runc;

@@ -25,15 +25,6 @@ fn out(o: Output) -> Result<pb::ExecOutput, Status> {
     Ok(pb::ExecOutput { output: Some(o) })
 }
 
-/// Replaces or adds `KEY=VALUE` entries by key.
-fn merge_env(base: &mut Vec<String>, extra: &[String]) {
-    for e in extra {
-        let key = e.split('=').next().unwrap_or(e);
-        base.retain(|b| b.split('=').next() != Some(key));
-        base.push(e.clone());
-    }
-}
-
 /// Writes the `process.json` runc exec takes: the container's own process, with our argv.
 fn process_file(engine: &Engine, id: &str, start: &pb::ExecStart) -> Result<PathBuf, EngineError> {
     let dir = engine.bundle(id);
@@ -53,12 +44,12 @@ fn process_file(engine: &Engine, id: &str, start: &pb::ExecStart) -> Result<Path
     } else if let Some(obj) = process.as_object_mut() {
         obj.remove("consoleSize");
     }
-    let mut env: Vec<String> = process
+    let env: Vec<String> = process
         .get("env")
         .and_then(|e| serde_json::from_value(e.clone()).ok())
         .unwrap_or_default();
-    merge_env(&mut env, &start.env);
-    process["env"] = serde_json::json!(env);
+    // The container's environment, then exec's `-e`, replacing by key (Docker's order).
+    process["env"] = serde_json::json!(rswarm_runtime::spec::merge_env(&env, &start.env));
     if !start.workdir.is_empty() {
         if !start.workdir.starts_with('/') {
             return Err(EngineError::invalid(format!(
@@ -307,16 +298,4 @@ fn nix_winch(pid: i32) -> std::io::Result<()> {
         rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("invalid pid"))?;
     rustix::process::kill_process(pid, rustix::process::Signal::WINCH)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_merge_replaces_by_key() {
-        let mut base = vec!["PATH=/bin".to_string(), "A=1".to_string()];
-        merge_env(&mut base, &["A=2".to_string(), "B=3".to_string()]);
-        assert_eq!(base, vec!["PATH=/bin", "A=2", "B=3"]);
-    }
 }

@@ -27,13 +27,13 @@ use rswarm_runtime::spec::{
     self, ContainerConfig, EtcFiles, MountKind, NamespaceNet, SpecInputs, SpecMount,
 };
 use rswarm_runtime::volumes::Volumes;
-use rswarm_runtime::{rootfs, user};
+use rswarm_runtime::{cgroup, rootfs, user};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use parse::{parse_bytes, MountRequest};
+pub use parse::{human_duration, parse_bytes, MountRequest};
 pub use record::{ContainerRecord, State, Status};
 
 use crate::statedir::write_atomic;
@@ -188,16 +188,6 @@ fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// FNV-1a of `s`, 8 hex digits: stable across runs and Rust versions (`DefaultHasher` is not).
-fn short_hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:08x}", h as u32)
-}
-
 fn runtime_path(options: &EngineOptions) -> PathBuf {
     options
         .runtime
@@ -281,15 +271,7 @@ impl Engine {
         let images = ImageStore::open(&root.join("images"), options.registries.clone())?;
         let volumes = Volumes::open(root.join("volumes")).map_err(EngineError::runtime)?;
         let bridge = Bridge::new(BridgeConfig::for_state_dir(&root)).await?;
-        let cgroup_parent = format!(
-            "/rswarm-{}",
-            short_hash(
-                &root
-                    .canonicalize()
-                    .unwrap_or_else(|_| root.clone())
-                    .to_string_lossy()
-            )
-        );
+        let cgroup_parent = format!("/{}", cgroup::parent_for_state_dir(&root));
         let engine = Engine {
             inner: Arc::new(Inner {
                 root,
@@ -1013,12 +995,8 @@ impl Engine {
             tracing::warn!(error = %e, "cannot remove the bridge network");
         }
         let parent = self.inner.cgroup_parent.trim_start_matches('/');
-        let mut dirs = vec![Path::new("/sys/fs/cgroup").join(parent)];
-        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-            dirs.extend(entries.flatten().map(|e| e.path().join(parent)));
-        }
-        for d in dirs.iter().filter(|d| d.is_dir()) {
-            if let Err(e) = std::fs::remove_dir(d) {
+        for d in cgroup::hierarchy_dirs(parent) {
+            if let Err(e) = std::fs::remove_dir(&d) {
                 tracing::warn!(dir = %d.display(), error = %e, "cannot remove the cgroup parent");
             }
         }
