@@ -1,5 +1,5 @@
-//! The worker daemon (`rswarm-agent`, and `rswarm join` after joining): session, renewal and the
-//! local socket, each a task under one cancellation token.
+//! The worker daemon (`rswarm-agent`, and `rswarm join` after joining): session (with the node's
+//! tasks), renewal and the local socket, each a task under one cancellation token.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -18,6 +18,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::local::{left, ControlForwarder, DaemonExit, LocalService};
 use crate::node::NodeContext;
 use crate::statedir::StateDir;
+use crate::worker::Worker;
 use crate::{renew, session, AgentError};
 
 /// Where a daemon keeps its state and serves its local API, and how its container engine is set up.
@@ -91,7 +92,8 @@ pub async fn run_worker(
     let incoming = unix_incoming(&paths.socket)?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(session::run(ctx.clone(), cancel.clone()));
+    let worker = Worker::new(engine.engine.clone());
+    tasks.spawn(session::run(ctx.clone(), worker, cancel.clone()));
     tasks.spawn(renew::run(ctx.clone(), cancel.clone()));
     let local = LocalService::new(ctx.clone(), None, cancel.clone(), leave.clone());
     let (images, containers) = engine.services();

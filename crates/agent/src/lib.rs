@@ -2,7 +2,8 @@
 //!
 //! Everything a node runs whatever its role: its state dir ([`statedir`]), joining a cluster
 //! ([`join`]), the dispatcher session that keeps it Ready ([`session`]), certificate renewal
-//! ([`renew`]) and the local unix-socket API ([`local`]). [`daemon::run_worker`] wires them into the
+//! ([`renew`]), the local unix-socket API ([`local`]) and the tasks the managers assign to the node
+//! ([`worker`], run as containers of the [`engine`]). [`daemon::run_worker`] wires them into the
 //! worker daemon; the manager daemon (crate `rswarm-manager`) reuses the same pieces for its local
 //! agent.
 //!
@@ -20,6 +21,7 @@ pub mod node;
 pub mod renew;
 pub mod session;
 pub mod statedir;
+pub mod worker;
 
 pub use error::AgentError;
 

@@ -146,6 +146,12 @@ forward! {
     get_join_token(control::GetJoinTokenRequest) -> control::GetJoinTokenResponse;
     get_cluster(control::GetClusterRequest) -> control::GetClusterResponse;
     update_cluster(control::UpdateClusterRequest) -> control::GetClusterResponse;
+    create_service(control::CreateServiceRequest) -> control::ServiceResponse;
+    update_service(control::UpdateServiceRequest) -> control::ServiceResponse;
+    get_service(control::GetServiceRequest) -> control::ServiceResponse;
+    list_services(control::ListServicesRequest) -> control::ListServicesResponse;
+    remove_service(control::RemoveServiceRequest) -> control::RemoveServiceResponse;
+    list_tasks(control::ListTasksRequest) -> control::ListTasksResponse;
 }
 
 /// Whether a daemon was asked to leave.

@@ -35,3 +35,9 @@ pub mod raft {
         tonic::include_proto!("rswarm.raft.v1");
     }
 }
+
+pub mod types {
+    pub mod v1 {
+        tonic::include_proto!("rswarm.types.v1");
+    }
+}

@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod engine;
 pub mod fsinfo;
+pub mod sched;
 pub mod stats;
 pub mod store_bench;
 pub mod table;

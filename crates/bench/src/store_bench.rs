@@ -43,14 +43,16 @@ impl Transport for NoPeers {
     fn set_peers(&self, _peers: &[(u64, String)]) {}
 }
 
-/// Stops the member when dropped (also on error), so the driver releases the directory.
-struct Member {
+/// A single-member raft store in a directory. Stops the member when dropped (also on error), so
+/// the driver releases the directory.
+pub struct Member {
     handle: RaftHandle,
     cancel: CancellationToken,
 }
 
 impl Member {
-    async fn start(dir: &Path) -> anyhow::Result<Member> {
+    /// Bootstraps a fresh store in `dir` (which must not exist) and waits until it leads.
+    pub async fn start(dir: &Path) -> anyhow::Result<Member> {
         let raft_dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut initial = StateMachine::new();
@@ -89,7 +91,12 @@ impl Member {
         Ok(member)
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    /// The store handle over this member.
+    pub fn store(&self) -> rswarm_store::Store {
+        self.handle.store()
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.cancel.cancel();
         tokio::time::timeout(STOP_TIMEOUT, self.handle.wait_stopped())
             .await

@@ -333,6 +333,10 @@ async fn self_id(channel: &Channel) -> String {
 }
 
 async fn client_command(global: &Global, command: Command) -> anyhow::Result<()> {
+    if let Command::Service(cmd) = command {
+        // Flags are checked before connecting: a bad value is reported as such.
+        return crate::service_cmds::run(global, cmd).await;
+    }
     let channel = connect(global).await?;
     let mut control = ControlClient::new(channel.clone());
     match command {
@@ -371,6 +375,7 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
             }
         }
         Command::Node(cmd) => node_command(&channel, &mut control, cmd).await?,
+        Command::Service(_) => unreachable!("handled before connecting"),
         Command::Info { format } => {
             let json_out = wants_json(&format)?;
             let info = LocalClient::new(channel)

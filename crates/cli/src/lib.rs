@@ -9,6 +9,10 @@ pub mod commands;
 pub mod engine_args;
 pub mod engine_cmds;
 pub mod output;
+pub mod progress;
+pub mod service_args;
+pub mod service_cmds;
+pub mod service_output;
 pub mod shell;
 mod terminal;
 
@@ -70,6 +74,9 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(crate::service_args::ServiceCommand),
     /// Show this node's cluster membership.
     Info {
         /// json for machine-readable output.

@@ -1,4 +1,5 @@
-//! The control API: nodes, join tokens, cluster info. Managers only (see [`crate::auth`]).
+//! The control API: nodes, join tokens, cluster info, and services (in [`crate::services`]).
+//! Managers only (see [`crate::auth`]).
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::bootstrap::validate_settings;
 use crate::error::store_status;
 use crate::monitor::Monitor;
+use crate::services;
 use crate::{manager_addrs, rfc3339_ms};
 
 pub struct ControlService {
@@ -323,6 +325,54 @@ impl Control for ControlService {
         _req: Request<pb::GetClusterRequest>,
     ) -> Result<Response<pb::GetClusterResponse>, Status> {
         Ok(Response::new(self.cluster_info()?))
+    }
+
+    async fn create_service(
+        &self,
+        req: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        services::create(&self.store, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        services::update(&self.store, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
+        services::get(&self.store, &req.get_ref().service).map(Response::new)
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        services::list(&self.store, req.get_ref()).map(Response::new)
+    }
+
+    async fn remove_service(
+        &self,
+        req: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        services::remove(&self.store, &req.get_ref().service)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        services::list_tasks(&self.store, req.get_ref()).map(Response::new)
     }
 
     async fn update_cluster(

@@ -26,6 +26,7 @@ use crate::ca_service::CaService;
 use crate::control::ControlService;
 use crate::dispatcher::DispatcherService;
 use crate::monitor::Monitor;
+use crate::orchestration;
 use crate::ManagerError;
 
 /// How long a starting manager waits to become raft leader.
@@ -104,6 +105,10 @@ pub async fn run_manager(
     tasks.spawn(async move {
         let _ = monitor_task.await;
     });
+    let loops = orchestration::spawn(store.clone(), cancel.clone());
+    tasks.spawn(async move {
+        let _ = loops.await;
+    });
 
     // The cluster listener: mutual TLS, every RPC authorised by the caller's certificate.
     let auth = Auth::new(store.clone());
@@ -145,7 +150,11 @@ pub async fn run_manager(
     // This node's own agent: it reaches the dispatcher over TLS like every other node.
     let ctx = NodeContext::new(dir.clone(), config, identity)?;
     let agent_cancel = cancel.child_token();
-    tasks.spawn(session::run(ctx.clone(), agent_cancel.clone()));
+    tasks.spawn(session::run(
+        ctx.clone(),
+        rswarm_agent::worker::Worker::new(engine.engine.clone()),
+        agent_cancel.clone(),
+    ));
     tasks.spawn(renew::run(ctx.clone(), agent_cancel.clone()));
 
     // The local socket: Local + Control, root-only.

@@ -1,11 +1,15 @@
-//! The dispatcher: agents' sessions and heartbeats.
+//! The dispatcher: agents' sessions and heartbeats, their task assignments and status reports
+//! (see [`crate::assignments`]).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use rswarm_agent::ids::new_id;
 use rswarm_api::dispatcher::v1::dispatcher_server::Dispatcher;
 use rswarm_api::dispatcher::v1::{
-    HeartbeatRequest, HeartbeatResponse, SessionMessage, SessionRequest,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, SessionMessage,
+    SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use rswarm_ca::transport::peer_of;
 use rswarm_store::{Cluster, Kind, Node, Store};
@@ -14,7 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::assignments::{Hub, Report, StatusBatcher};
 use crate::auth::Auth;
+use crate::convert::task_status_from_pb;
 use crate::error::store_status;
 use crate::manager_addrs;
 use crate::monitor::{Description, Monitor};
@@ -24,16 +30,55 @@ pub struct DispatcherService {
     auth: Auth,
     monitor: Monitor,
     shutdown: CancellationToken,
+    sessions: Sessions,
+    statuses: StatusBatcher,
+    hub: Hub,
 }
 
 impl DispatcherService {
     pub fn new(store: Store, monitor: Monitor, shutdown: CancellationToken) -> Self {
         DispatcherService {
             auth: Auth::new(store.clone()),
+            statuses: StatusBatcher::spawn(store.clone(), shutdown.clone()),
+            hub: Hub::spawn(store.clone(), shutdown.clone()),
             store,
             monitor,
             shutdown,
+            sessions: Sessions::default(),
         }
+    }
+}
+
+/// Open sessions: session id → (node id, fires when the session ends). Assignment streams and
+/// status reports belong to a session and end with it.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<String, (String, CancellationToken)>>>);
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session's end token, if `session_id` is an open session of `node_id`.
+    fn of(&self, node_id: &str, session_id: &str) -> Result<CancellationToken, Status> {
+        match self.lock().get(session_id) {
+            Some((node, ended)) if node == node_id => Ok(ended.clone()),
+            _ => Err(Status::not_found("unknown session; open a new one")),
+        }
+    }
+}
+
+/// Removes a session from the registry and ends its streams when its task ends, however it ends.
+struct SessionGuard {
+    sessions: Sessions,
+    session_id: String,
+    ended: CancellationToken,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sessions.lock().remove(&self.session_id);
+        self.ended.cancel();
     }
 }
 
@@ -54,6 +99,7 @@ fn session_message(store: &Store, node_id: &str, session_id: &str) -> Option<Ses
 #[tonic::async_trait]
 impl Dispatcher for DispatcherService {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
+    type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
 
     async fn session(
         &self,
@@ -82,7 +128,8 @@ impl Dispatcher for DispatcherService {
             peer.not_after
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        );
+        )
+        .with_resources(r.nano_cpus, r.memory_bytes);
         self.monitor
             .open(
                 node_id.clone(),
@@ -101,7 +148,17 @@ impl Dispatcher for DispatcherService {
         let store = self.store.clone();
         let monitor = self.monitor.clone();
         let shutdown = self.shutdown.clone();
+        let ended = CancellationToken::new();
+        self.sessions
+            .lock()
+            .insert(session_id.clone(), (node_id.clone(), ended.clone()));
+        let guard = SessionGuard {
+            sessions: self.sessions.clone(),
+            session_id: session_id.clone(),
+            ended,
+        };
         tokio::spawn(async move {
+            let _guard = guard;
             let mut last = first;
             let mut events = store.subscribe();
             loop {
@@ -159,4 +216,50 @@ impl Dispatcher for DispatcherService {
             .map_or(500, |c| c.heartbeat_period_ms);
         Ok(Response::new(HeartbeatResponse { period_ms }))
     }
+
+    async fn assignments(
+        &self,
+        req: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let peer = self.auth.node(&req)?;
+        let ended = self.sessions.of(&peer.node_id, &req.get_ref().session_id)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(self.hub.clone().stream(peer.node_id, tx, ended));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn update_task_status(
+        &self,
+        req: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let peer = self.auth.node(&req)?;
+        let r = req.into_inner();
+        self.sessions.of(&peer.node_id, &r.session_id)?;
+        let now = now_ms();
+        let reports = r
+            .updates
+            .into_iter()
+            .map(|u| {
+                let status = u.status.ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "status update for task {} has no status",
+                        u.task_id
+                    ))
+                })?;
+                Ok(Report {
+                    node_id: peer.node_id.clone(),
+                    task_id: u.task_id,
+                    status: task_status_from_pb(&status, now)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        self.statuses.report(reports).await.map_err(store_status)?;
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

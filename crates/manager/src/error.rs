@@ -30,7 +30,9 @@ pub enum ManagerError {
 pub fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Txn(TxnError::NotFound { .. }) => Status::not_found(e.to_string()),
-        StoreError::Txn(TxnError::Exists { .. }) => Status::already_exists(e.to_string()),
+        StoreError::Txn(TxnError::Exists { .. } | TxnError::NameConflict { .. }) => {
+            Status::already_exists(e.to_string())
+        }
         StoreError::Txn(TxnError::VersionMismatch { .. }) => Status::aborted(e.to_string()),
         StoreError::NotLeader { .. } | StoreError::ShuttingDown => {
             Status::unavailable(e.to_string())

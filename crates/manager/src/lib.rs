@@ -8,14 +8,18 @@
 //! Architecture invariant: only the monitor task writes node status; services write through the
 //! store's optimistic transactions, never around them.
 
+pub mod assignments;
 pub mod auth;
 pub mod bootstrap;
 pub mod ca_service;
 pub mod control;
+pub mod convert;
 pub mod daemon;
 pub mod dispatcher;
 mod error;
 pub mod monitor;
+pub mod orchestration;
+pub mod services;
 
 pub use bootstrap::{bootstrap, InitOptions, InitOutcome};
 pub use error::{store_status, ManagerError};

@@ -25,6 +25,8 @@ pub struct Description {
     pub arch: String,
     pub engine_version: String,
     pub cert_not_after: u64,
+    /// CPUs (1e9 per core) and memory in bytes the node offers.
+    pub resources: (u64, u64),
 }
 
 impl Description {
@@ -48,7 +50,14 @@ impl Description {
             arch: platform.1,
             engine_version,
             cert_not_after,
+            resources: (0, 0),
         }
+    }
+
+    /// The CPUs (nano) and memory (bytes) the node offers to the scheduler.
+    pub fn with_resources(mut self, nano_cpus: u64, memory_bytes: u64) -> Self {
+        self.resources = (nano_cpus, memory_bytes);
+        self
     }
 
     /// Writes the description into a node object.
@@ -59,6 +68,7 @@ impl Description {
         node.arch.clone_from(&self.arch);
         node.engine_version.clone_from(&self.engine_version);
         node.cert_not_after = self.cert_not_after;
+        (node.nano_cpus, node.memory_bytes) = self.resources;
     }
 }
 

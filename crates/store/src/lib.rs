@@ -7,11 +7,17 @@
 //! consistent snapshot plus every later change.
 
 pub mod objects;
+pub mod service;
 pub mod state;
 mod store;
 
 pub use objects::{
     Availability, Cluster, Kind, Meta, Node, NodeRole, NodeStatus, Object, StoreObject,
+};
+pub use service::{
+    FailureAction, HealthCheck, Mount, MountKind, Placement, PortConfig, Resources,
+    RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
+    TaskStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 pub use state::{Action, Change, ChangeBatch, Op, StateMachine, Txn, TxnError};
 pub use store::{Backend, BackendStatus, Member, MemoryBackend, Replica, Store, StoreError, Watch};

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::{Service, Task};
+
 /// Bookkeeping every stored object carries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
@@ -16,12 +18,14 @@ pub struct Meta {
     pub updated_at_ms: u64,
 }
 
-/// The kinds of object the store holds. New kinds (services, tasks, networks) are added here.
+/// The kinds of object the store holds. New kinds (networks, …) are added here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Cluster,
     Node,
+    Service,
+    Task,
 }
 
 impl fmt::Display for Kind {
@@ -29,6 +33,8 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Cluster => "cluster",
             Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
         })
     }
 }
@@ -128,6 +134,11 @@ pub struct Node {
     pub raft_id: u64,
     /// For managers: the address their gRPC listener is reachable at (`host:port`).
     pub manager_addr: String,
+    /// CPUs (1e9 per core) and memory (bytes) the node offers, as its agent reported them.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 impl Node {
@@ -158,11 +169,16 @@ impl Cluster {
 }
 
 /// Any stored object.
+// Variants differ in size (a service spec is large); objects live one per map entry, and boxing
+// would cost an allocation and an indirection on every read for little memory.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Object {
     Cluster(Cluster),
     Node(Node),
+    Service(Service),
+    Task(Task),
 }
 
 impl Object {
@@ -170,6 +186,8 @@ impl Object {
         match self {
             Object::Cluster(_) => Kind::Cluster,
             Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+            Object::Task(_) => Kind::Task,
         }
     }
 
@@ -177,6 +195,8 @@ impl Object {
         match self {
             Object::Cluster(o) => &o.id,
             Object::Node(o) => &o.id,
+            Object::Service(o) => &o.id,
+            Object::Task(o) => &o.id,
         }
     }
 
@@ -184,6 +204,8 @@ impl Object {
         match self {
             Object::Cluster(o) => &o.meta,
             Object::Node(o) => &o.meta,
+            Object::Service(o) => &o.meta,
+            Object::Task(o) => &o.meta,
         }
     }
 
@@ -191,6 +213,8 @@ impl Object {
         match self {
             Object::Cluster(o) => &mut o.meta,
             Object::Node(o) => &mut o.meta,
+            Object::Service(o) => &mut o.meta,
+            Object::Task(o) => &mut o.meta,
         }
     }
 }
@@ -230,3 +254,5 @@ macro_rules! store_object {
 
 store_object!(Cluster);
 store_object!(Node);
+store_object!(Service);
+store_object!(Task);

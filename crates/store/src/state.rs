@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::objects::{Kind, Object, StoreObject};
+use crate::service::Service;
 
 /// One change inside a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +80,12 @@ pub enum TxnError {
     Exists { kind: Kind, id: String },
     #[error("{kind} {id} not found")]
     NotFound { kind: Kind, id: String },
+    #[error("{kind} name {name:?} is already in use by {kind} {id}; choose another name")]
+    NameConflict {
+        kind: Kind,
+        name: String,
+        id: String,
+    },
     #[error("{kind} {id} was changed concurrently (expected version {expected}, found {actual}); read it again and retry")]
     VersionMismatch {
         kind: Kind,
@@ -236,6 +243,7 @@ impl StateMachine {
             };
             staged.insert((kind, id), next);
         }
+        self.check_names(&staged)?;
         for ((kind, id), object) in staged {
             let table = self.tables.entry(kind).or_default();
             match object {
@@ -248,6 +256,44 @@ impl StateMachine {
             }
         }
         Ok(changes)
+    }
+
+    /// Names that must be unique within their kind (services) stay unique: a transaction that would
+    /// give two objects one name is rejected.
+    fn check_names(
+        &self,
+        staged: &BTreeMap<(Kind, String), Option<Object>>,
+    ) -> Result<(), TxnError> {
+        for ((kind, id), object) in staged {
+            let Some(Object::Service(new)) = object else {
+                continue;
+            };
+            let name = &new.spec.name;
+            let staged_clash = staged.iter().find(|((k, other), o)| {
+                k == kind
+                    && other != id
+                    && matches!(o, Some(Object::Service(s)) if &s.spec.name == name)
+            });
+            // Stored services this transaction touches were checked above in their new form.
+            let stored_clash = self
+                .list::<Service>()
+                .find(|s| &s.spec.name == name && !staged.contains_key(&(*kind, s.id.clone())));
+            if let Some(((_, other), _)) = staged_clash {
+                return Err(TxnError::NameConflict {
+                    kind: *kind,
+                    name: name.clone(),
+                    id: other.clone(),
+                });
+            }
+            if let Some(other) = stored_clash {
+                return Err(TxnError::NameConflict {
+                    kind: *kind,
+                    name: name.clone(),
+                    id: other.id.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Serialises the whole state (for Raft snapshots).
@@ -430,6 +476,41 @@ mod tests {
             sm.snapshot()
         };
         assert_eq!(build(), build());
+    }
+
+    #[test]
+    fn service_names_stay_unique() {
+        use crate::service::{Service, ServiceSpec};
+        let svc = |id: &str, name: &str| Service {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: name.into(),
+                ..ServiceSpec::default()
+            },
+            ..Service::default()
+        };
+        let mut sm = StateMachine::new();
+        sm.apply(1, &txn(vec![Txn::create(svc("a", "web"))]))
+            .unwrap();
+        let err = sm
+            .apply(2, &txn(vec![Txn::create(svc("b", "web"))]))
+            .unwrap_err();
+        assert!(matches!(err, TxnError::NameConflict { ref id, .. } if id == "a"));
+        assert!(sm
+            .apply(
+                3,
+                &txn(vec![Txn::create(svc("c", "x")), Txn::create(svc("d", "x"))])
+            )
+            .is_err());
+        // Renaming a and taking its old name in one transaction is fine.
+        let mut a = sm.get::<Service>("a").unwrap().clone();
+        a.spec.name = "old".into();
+        sm.apply(4, &txn(vec![Txn::update(a), Txn::create(svc("e", "web"))]))
+            .unwrap();
+        // A deleted service frees its name.
+        let e = sm.get::<Service>("e").unwrap().clone();
+        sm.apply(5, &txn(vec![Txn::delete(&e), Txn::create(svc("f", "web"))]))
+            .unwrap();
     }
 
     #[test]

@@ -299,3 +299,120 @@ fn nix_winch(pid: i32) -> std::io::Result<()> {
     rustix::process::kill_process(pid, rustix::process::Signal::WINCH)?;
     Ok(())
 }
+
+/// A command run to completion in a container, without a terminal or stdin (health checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecCapture {
+    /// `None`: it did not finish within the timeout and was killed.
+    pub exit_code: Option<i64>,
+    /// The first bytes of its stdout and stderr, interleaved.
+    pub output: String,
+}
+
+/// How much of a captured command's output is kept.
+const CAPTURE_LIMIT: usize = 4096;
+
+/// Reads `r` to its end, keeping at most `CAPTURE_LIMIT` bytes in `buf`.
+async fn drain_into<R: AsyncRead + Unpin>(mut r: R, buf: &tokio::sync::Mutex<Vec<u8>>) {
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut b = buf.lock().await;
+                let room = CAPTURE_LIMIT.saturating_sub(b.len());
+                b.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Runs `argv` in the running container `key` as its own process runs (user, env, cwd), and
+    /// waits for it at most `timeout`; then it is killed and `exit_code` is `None`.
+    pub async fn exec_capture(
+        &self,
+        key: &str,
+        argv: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<ExecCapture, EngineError> {
+        if argv.is_empty() {
+            return Err(EngineError::invalid("no command given to exec"));
+        }
+        let record = self.record(key)?;
+        if !record.is_running() {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not running",
+                record.short_id()
+            )));
+        }
+        let start = pb::ExecStart {
+            id: record.id.clone(),
+            cmd: argv.to_vec(),
+            ..Default::default()
+        };
+        let process = process_file(self, &record.id, &start)?;
+        let pid_file = process.with_extension("pid");
+        let mut cmd =
+            self.runc()
+                .exec_command(&record.id, &process, false, None, false, Some(&pid_file));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let spawned = cmd.spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&process);
+                return Err(EngineError::Runtime(format!(
+                    "cannot run the runtime for exec: {e}"
+                )));
+            }
+        };
+        let output = tokio::sync::Mutex::new(Vec::new());
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let run = async {
+            let out = async {
+                if let Some(s) = stdout {
+                    drain_into(s, &output).await;
+                }
+            };
+            let err = async {
+                if let Some(s) = stderr {
+                    drain_into(s, &output).await;
+                }
+            };
+            let ((), (), status) = tokio::join!(out, err, child.wait());
+            status
+        };
+        let result = tokio::time::timeout(timeout, run).await;
+        let exit_code = match result {
+            Ok(Ok(status)) => Some(i64::from(status.code().unwrap_or(255))),
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_file(&process);
+                let _ = std::fs::remove_file(&pid_file);
+                return Err(EngineError::Runtime(format!(
+                    "cannot wait for the exec'd process: {e}"
+                )));
+            }
+            Err(_) => {
+                // runc only relays signals: the process in the container must be killed itself.
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.kill().await;
+                None
+            }
+        };
+        let _ = std::fs::remove_file(&process);
+        let _ = std::fs::remove_file(&pid_file);
+        let output = String::from_utf8_lossy(&output.into_inner()).into_owned();
+        Ok(ExecCapture { exit_code, output })
+    }
+}

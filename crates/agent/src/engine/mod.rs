@@ -10,7 +10,7 @@
 //! `container.json` + the shim's pid when the agent starts again.
 
 mod exec;
-mod parse;
+pub(crate) mod parse;
 mod record;
 pub mod service;
 
@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use exec::ExecCapture;
 pub use parse::{human_duration, parse_bytes, MountRequest};
 pub use record::{ContainerRecord, State, Status};
 

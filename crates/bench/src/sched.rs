@@ -1,0 +1,288 @@
+//! `rswarm-bench-sched`: scheduler throughput, placements per second, at 1,000 and 5,000 nodes.
+//!
+//! Two measurements per cluster size:
+//! - *scheduler*: the pure `rswarm_orchestrator::schedule` alone, placing every pending task of a
+//!   freshly created service in batches (each batch applied to the state, as the loop commits it);
+//! - *end to end*: the manager's real reconciliation loops (orchestrator, scheduler, updater,
+//!   reaper), the dispatcher's assignment router and status batcher, and one simulated agent per
+//!   node (an in-process task that reads its assignment stream and reports each task `running`,
+//!   no containers), over the in-memory store and over a single-member raft store with fsync;
+//!   timed from the service's creation to the last task reported running.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use rswarm_api::types::v1 as pb;
+use rswarm_manager::assignments::{Hub, Report, StatusBatcher};
+use rswarm_manager::orchestration;
+use rswarm_store::{
+    Availability, Cluster, MemoryBackend, Node, NodeStatus, Service, ServiceMode, ServiceSpec,
+    StateMachine, Store, Task, TaskSpec, TaskState, TaskStatus, Txn,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{fmt_duration, fmt_rate};
+use crate::store_bench::Member;
+use crate::table::{Align, Table};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rswarm-bench-sched",
+    about = "Scheduler throughput with simulated agents"
+)]
+pub struct SchedArgs {
+    /// Cluster sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 5000])]
+    pub nodes: Vec<usize>,
+    /// Replicas of the service placed at each size.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Where the raft store is created (a temporary directory inside it).
+    #[arg(long, default_value = "/var/tmp")]
+    pub dir: PathBuf,
+    /// Skip the raft-backed run.
+    #[arg(long)]
+    pub no_raft: bool,
+    /// Give up on an end-to-end run after this long.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn nodes(n: usize) -> Vec<Node> {
+    (0..n)
+        .map(|i| Node {
+            id: format!("node{i:05}"),
+            hostname: format!("host{i:05}"),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            status: NodeStatus::Ready,
+            availability: Availability::Active,
+            nano_cpus: 4_000_000_000,
+            memory_bytes: 8 << 30,
+            ..Node::default()
+        })
+        .collect()
+}
+
+fn service(replicas: usize) -> Service {
+    Service {
+        id: "bench-service".into(),
+        spec: ServiceSpec {
+            name: "bench".into(),
+            mode: ServiceMode::Replicated {
+                replicas: replicas as u64,
+            },
+            task: TaskSpec {
+                image: "busybox".into(),
+                ..TaskSpec::default()
+            },
+            ..ServiceSpec::default()
+        },
+        spec_version: 1,
+        ..Service::default()
+    }
+}
+
+async fn seed(store: &Store, n: usize) -> anyhow::Result<()> {
+    let mut ops = vec![];
+    if store.get::<Cluster>(Cluster::ID).is_none() {
+        ops.push(Txn::create(Cluster {
+            id: Cluster::ID.into(),
+            cluster_id: "bench".into(),
+            ..Cluster::default()
+        }));
+    }
+    for chunk in nodes(n).chunks(1000) {
+        ops.extend(chunk.iter().cloned().map(Txn::create));
+        store.commit(Txn::new(std::mem::take(&mut ops))).await?;
+    }
+    Ok(())
+}
+
+/// The pure scheduler: every task of a new service placed, batch by batch.
+pub fn pure_scheduler(n: usize, tasks: usize) -> anyhow::Result<(Duration, usize)> {
+    let mut state = StateMachine::new();
+    let mut index = 1;
+    let mut apply = |state: &mut StateMachine, ops| -> anyhow::Result<()> {
+        state.apply(index, &Txn::new(ops))?;
+        index += 1;
+        Ok(())
+    };
+    for chunk in nodes(n).chunks(1000) {
+        apply(&mut state, chunk.iter().cloned().map(Txn::create).collect())?;
+    }
+    apply(&mut state, vec![Txn::create(service(tasks))])?;
+    let mut next = 0u64;
+    let plan = rswarm_orchestrator::reconcile(&state, now_ms(), &mut || {
+        next += 1;
+        format!("task{next:07}")
+    });
+    apply(&mut state, plan.ops)?;
+    let start = Instant::now();
+    let mut placed = 0;
+    loop {
+        let s = rswarm_orchestrator::schedule(&state, now_ms(), orchestration::SCHEDULER_BATCH);
+        if s.assigned.is_empty() {
+            break;
+        }
+        placed += s.assigned.len();
+        apply(
+            &mut state,
+            s.assigned.into_iter().map(Txn::update).collect(),
+        )?;
+    }
+    Ok((start.elapsed(), placed))
+}
+
+/// One simulated agent: reads its node's assignments, reports every new task running.
+async fn fake_agent(hub: Hub, batcher: StatusBatcher, node_id: String, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel(16);
+    tokio::spawn(hub.stream(node_id.clone(), tx, cancel.clone()));
+    while let Some(Ok(msg)) = rx.recv().await {
+        let reports: Vec<Report> = msg
+            .tasks
+            .iter()
+            .filter(|t: &&pb::Task| {
+                t.desired_state == "running"
+                    && t.status.as_ref().is_some_and(|s| s.state == "assigned")
+            })
+            .map(|t| Report {
+                node_id: node_id.clone(),
+                task_id: t.id.clone(),
+                status: TaskStatus {
+                    state: TaskState::Running,
+                    timestamp_ms: now_ms(),
+                    message: "started".into(),
+                    ..TaskStatus::default()
+                },
+            })
+            .collect();
+        if batcher.report(reports).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The control plane end to end: from the service's creation to every task running.
+pub async fn end_to_end(
+    store: Store,
+    n: usize,
+    tasks: usize,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    seed(&store, n).await?;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let hub = Hub::spawn(store.clone(), cancel.clone());
+    let batcher = StatusBatcher::spawn(store.clone(), cancel.clone());
+    for node in store.list::<Node>() {
+        tokio::spawn(fake_agent(
+            hub.clone(),
+            batcher.clone(),
+            node.id,
+            cancel.clone(),
+        ));
+    }
+    for l in orchestration::loops() {
+        tokio::spawn(orchestration::run_loop(l, store.clone(), cancel.clone()));
+    }
+    // Let every agent open its stream first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut events = store.subscribe();
+    let start = Instant::now();
+    store
+        .commit(Txn::new(vec![Txn::create(service(tasks))]))
+        .await?;
+    let deadline = start + timeout;
+    loop {
+        let running = store.read(|s| {
+            s.list::<Task>()
+                .filter(|t| t.status.state == TaskState::Running)
+                .count()
+        });
+        if running >= tasks {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!("only {running} of {tasks} tasks running after {timeout:?}");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
+    }
+}
+
+pub async fn run(
+    args: SchedArgs,
+    out: &mut impl std::io::Write,
+    log: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let mut table = Table::new(["nodes", "tasks", "what", "time", "placements", "goal"])
+        .align(0, Align::Right)
+        .align(1, Align::Right)
+        .align(3, Align::Right)
+        .align(4, Align::Right);
+    for &n in &args.nodes {
+        writeln!(log, "{n} nodes: pure scheduler")?;
+        let (t, placed) = pure_scheduler(n, args.tasks)?;
+        if placed != args.tasks {
+            bail!(
+                "the scheduler placed {placed} of {} tasks on {n} nodes",
+                args.tasks
+            );
+        }
+        let rate = |t: Duration| args.tasks as f64 / t.as_secs_f64().max(1e-9);
+        table.row([
+            n.to_string(),
+            args.tasks.to_string(),
+            "scheduler alone (schedule(), batches of 1024)".into(),
+            fmt_duration(t),
+            fmt_rate(rate(t), "tasks"),
+            "≥ 20000 tasks/s".to_string(),
+        ]);
+        writeln!(log, "{n} nodes: end to end, in-memory store")?;
+        let t = end_to_end(
+            MemoryBackend::store(StateMachine::new()),
+            n,
+            args.tasks,
+            args.timeout,
+        )
+        .await?;
+        table.row([
+            n.to_string(),
+            args.tasks.to_string(),
+            "create → all running, simulated agents, in-memory store".into(),
+            fmt_duration(t),
+            fmt_rate(rate(t), "tasks"),
+            "≥ 20000 tasks/s".to_string(),
+        ]);
+        if !args.no_raft {
+            writeln!(log, "{n} nodes: end to end, raft store with fsync")?;
+            let dir = tempfile::Builder::new()
+                .prefix("rswarm-bench-sched-")
+                .tempdir_in(&args.dir)
+                .with_context(|| format!("cannot create a directory in {}", args.dir.display()))?;
+            let member = Member::start(&dir.path().join("raft")).await?;
+            let t = end_to_end(member.store(), n, args.tasks, args.timeout).await;
+            member.stop().await?;
+            let t = t?;
+            table.row([
+                n.to_string(),
+                args.tasks.to_string(),
+                "create → all running, simulated agents, raft store (fsync)".into(),
+                fmt_duration(t),
+                fmt_rate(rate(t), "tasks"),
+                "—".to_string(),
+            ]);
+        }
+    }
+    table.render(out)?;
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! End-to-end tests of services: three test hosts (network namespaces) running real daemons, runc
+//! and a real registry; the `rswarm service …` CLI driven as a user would, and what runs checked on
+//! each host with `rswarm container ls`. Need root, runc, tini, docker-registry, skopeo and
+//! busybox-static (CI installs them); skip with a message otherwise.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::registry::{busybox_image, tools_present, Registry};
+use common::{CmdOutput, Daemon, Host, Lab};
+use rswarm_image::testutil::ImageSpec;
+use serde_json::Value;
+
+fn lab(name: &str, hosts: usize) -> Option<Lab> {
+    if !tools_present() || !Path::new("/usr/bin/tini-static").exists() {
+        eprintln!(
+            "skipping {name}: needs docker-registry, skopeo, busybox-static and tini installed"
+        );
+        return None;
+    }
+    Lab::with_hosts(name, hosts)
+}
+
+/// `rswarm ARGS` on `host`.
+fn rs(host: &Host, args: &[&str]) -> CmdOutput {
+    let mut full: Vec<String> = vec!["--host".into(), host.socket_url()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    host.rswarm_raw_env(&full, &[], Duration::from_secs(90))
+}
+
+#[track_caller]
+fn ok(host: &Host, args: &[&str]) -> String {
+    let out = rs(host, args);
+    out.assert_success(&args.join(" "));
+    out.stdout
+}
+
+/// A cluster: `h1` manager (also runs tasks, as in Swarm), the other hosts workers; a registry on
+/// `h1` holding `test/bb` (busybox, CMD `sleep 1000`). Returns the daemons and the image name.
+struct Cluster {
+    image: String,
+    token: String,
+    manager_addr: String,
+    reg_addr: String,
+    _registry: Registry,
+    daemons: Vec<Daemon>,
+}
+
+fn cluster(lab: &Lab, joined: usize) -> Cluster {
+    let h1 = lab.host(1);
+    let reg_addr = format!("{}:5000", h1.ip);
+    let registry = Registry::start(h1, "svc", &reg_addr, None);
+    let layout = h1.dir.join("layout-bb");
+    busybox_image(
+        &layout,
+        &ImageSpec {
+            cmd: vec!["sleep".into(), "1000".into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            ..ImageSpec::default()
+        },
+    );
+    registry.push(h1, &layout, "test/bb:latest");
+    let (m, init) = h1.init(&["--insecure-registry", &reg_addr]);
+    let mut daemons = vec![m];
+    for k in 2..=joined {
+        daemons.push(lab.host(k).join_with(
+            &init.token,
+            &init.manager_addr,
+            &["--insecure-registry", &reg_addr],
+        ));
+    }
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || h1.all_ready(joined),
+        "all nodes ready",
+    );
+    Cluster {
+        image: format!("{reg_addr}/test/bb:latest"),
+        token: init.token,
+        manager_addr: init.manager_addr,
+        reg_addr,
+        _registry: registry,
+        daemons,
+    }
+}
+
+/// Containers on `host` whose name starts with `prefix.`, with their state.
+fn containers(host: &Host, prefix: &str) -> Vec<(String, String)> {
+    let out = rs(host, &["container", "ls", "-a", "--format", "json"]);
+    if !out.success() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| {
+                    let name = c["Names"].as_str()?;
+                    name.starts_with(&format!("{prefix}.")).then(|| {
+                        (
+                            name.to_string(),
+                            c["State"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn running(host: &Host, prefix: &str) -> usize {
+    containers(host, prefix)
+        .iter()
+        .filter(|(_, s)| s == "running")
+        .count()
+}
+
+fn running_per_host(lab: &Lab, prefix: &str) -> Vec<usize> {
+    lab.hosts().iter().map(|h| running(h, prefix)).collect()
+}
+
+/// `service ls` as (name → replicas column).
+fn replicas(host: &Host, name: &str) -> String {
+    let out = ok(host, &["service", "ls"]);
+    out.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.get(1) == Some(&name))
+        .and_then(|cols| cols.get(3).map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn services_spread_pin_replace_and_drain() {
+    let Some(lab) = lab("svc_spread", 3) else {
+        return;
+    };
+    let c = cluster(&lab, 3);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+
+    // 6 replicas land 2/2/2; the CLI waits for convergence and says so.
+    let out = rs(
+        h1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--update-monitor",
+            "500ms",
+            &c.image,
+        ],
+    );
+    out.assert_success("service create web");
+    assert!(out.stdout.contains("verify: Service converged"), "{out}");
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running_per_host(&lab, "web") == vec![2, 2, 2],
+        "6 replicas running 2/2/2",
+    );
+    assert_eq!(replicas(h1, "web"), "6/6");
+    let ps = ok(h1, &["service", "ps", "web"]);
+    assert_eq!(
+        ps.lines().filter(|l| l.contains("Running")).count(),
+        6,
+        "{ps}"
+    );
+
+    // A constraint pins tasks to the labelled node.
+    ok(h1, &["node", "update", "--label-add", "zone=a", "h2"]);
+    ok(
+        h1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pinned",
+            "--replicas",
+            "3",
+            "--constraint",
+            "node.labels.zone==a",
+            &c.image,
+        ],
+    );
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running_per_host(&lab, "pinned") == vec![0, 3, 0],
+        "3 pinned tasks on h2",
+    );
+    // A constraint no node satisfies: the CLI gives up saying why.
+    let out = rs(
+        h1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "nowhere",
+            "--constraint",
+            "node.labels.zone==b",
+            &c.image,
+        ],
+    );
+    assert!(!out.success(), "cannot converge: {out}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("no suitable node") && text.contains("node.labels.zone==b"),
+        "{out}"
+    );
+    ok(h1, &["service", "rm", "nowhere"]);
+
+    // Kill h3's agent: its tasks are replaced on h1/h2 at once.
+    let killed = Instant::now();
+    c.daemons[2].kill9();
+    lab.wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let n = running_per_host(&lab, "web");
+            n[0] + n[1] == 6
+        },
+        "web replaced on h1 and h2 after h3's agent died",
+    );
+    eprintln!(
+        "replacements running {:?} after the agent was killed",
+        killed.elapsed()
+    );
+    assert_eq!(h1.node_status("h3").as_deref(), Some("down"));
+    // h3 comes back: its stale tasks are shut down, nothing new is started there.
+    let _h3 = h3.start_agent();
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || running(h3, "web") == 0 && h1.node_status("h3").as_deref() == Some("ready"),
+        "h3's stale web tasks shut down",
+    );
+    assert_eq!(running_per_host(&lab, "web").iter().sum::<usize>(), 6);
+
+    // Drain moves tasks away; the pinned ones have nowhere to go.
+    ok(h1, &["node", "update", "--availability", "drain", "h2"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let n = running_per_host(&lab, "web");
+            n[1] == 0 && n.iter().sum::<usize>() == 6 && running(h2, "pinned") == 0
+        },
+        "drained h2",
+    );
+    assert_eq!(replicas(h1, "pinned"), "0/3");
+    let ps = ok(h1, &["service", "ps", "pinned"]);
+    assert!(ps.contains("no suitable node"), "{ps}");
+
+    // Removing the services removes their containers everywhere.
+    ok(h1, &["service", "rm", "web", "pinned"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            lab.hosts()
+                .iter()
+                .all(|h| containers(h, "web").is_empty() && containers(h, "pinned").is_empty())
+        },
+        "service containers removed",
+    );
+    assert!(!ok(h1, &["service", "ls"]).contains("web"));
+    let _ = (&c.token, &c.manager_addr, &c.reg_addr);
+}
+
+#[test]
+fn services_global_follows_nodes() {
+    let Some(lab) = lab("svc_global", 3) else {
+        return;
+    };
+    let c = cluster(&lab, 2);
+    let h1 = lab.host(1);
+    ok(
+        h1,
+        &[
+            "service", "create", "-d", "--name", "mon", "--mode", "global", &c.image,
+        ],
+    );
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running_per_host(&lab, "mon") == vec![1, 1, 0],
+        "one task per node",
+    );
+    // A joining node gets its task.
+    let _h3 = lab.host(3).join_with(
+        &c.token,
+        &c.manager_addr,
+        &["--insecure-registry", &c.reg_addr],
+    );
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running_per_host(&lab, "mon") == vec![1, 1, 1],
+        "the joined node runs the global task",
+    );
+    assert_eq!(replicas(h1, "mon"), "3/3");
+    // A drained node's task stops and is not replaced elsewhere.
+    ok(h1, &["node", "update", "--availability", "drain", "h2"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running_per_host(&lab, "mon") == vec![1, 0, 1],
+        "drained node's global task stopped",
+    );
+    // Scaling a global service is refused.
+    let out = rs(h1, &["service", "scale", "mon=3"]);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("replicated"), "{out}");
+}
+
+#[test]
+fn services_refuse_bad_input() {
+    let Some(lab) = lab("svc_bad", 1) else {
+        return;
+    };
+    let c = cluster(&lab, 1);
+    let h1 = lab.host(1);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "a",
+                "--replicas",
+                "-1",
+                "busybox",
+            ],
+            "replicas",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "a",
+                "--constraint",
+                "node.labels.zone=a",
+                "busybox",
+            ],
+            "constraint",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "a",
+                "--mount",
+                "type=nfs,target=/x",
+                "busybox",
+            ],
+            "nfs",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "a",
+                "--mode",
+                "global",
+                "--replicas",
+                "2",
+                "busybox",
+            ],
+            "replicas",
+        ),
+        (
+            &["service", "update", "--image", "busybox", "nosuch"],
+            "nosuch",
+        ),
+        (&["service", "scale", "nosuch=2"], "nosuch"),
+    ];
+    for (args, needle) in cases {
+        let out = rs(h1, args);
+        assert!(out.failed_cleanly(), "{args:?}: {out}");
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?} must name {needle}: {out}"
+        );
+    }
+    assert!(
+        !ok(h1, &["service", "ls"])
+            .lines()
+            .skip(1)
+            .any(|l| !l.trim().is_empty()),
+        "nothing stored"
+    );
+    // A duplicate name.
+    ok(h1, &["service", "create", "-d", "--name", "dup", &c.image]);
+    let out = rs(h1, &["service", "create", "-d", "--name", "dup", &c.image]);
+    assert!(out.failed_cleanly(), "{out}");
+    assert!(
+        out.stderr.contains("dup") && out.stderr.contains("already"),
+        "{out}"
+    );
+    // An unknown image: the task is rejected with the pull error, visible in `service ps`.
+    let missing = format!("{}/test/missing:latest", c.reg_addr);
+    ok(
+        h1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "ghost",
+            "--restart-condition",
+            "none",
+            &missing,
+        ],
+    );
+    let mut ps = String::new();
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            ps = ok(h1, &["service", "ps", "--no-trunc", "ghost"]);
+            ps.contains("Rejected")
+        },
+        "the task of an unknown image is rejected",
+    );
+    assert!(
+        ps.contains("test/missing"),
+        "the error names the image: {ps}"
+    );
+}
