@@ -62,13 +62,25 @@ fn cluster(lab: &Lab, joined: usize) -> Cluster {
         },
     );
     registry.push(h1, &layout, "test/bb:latest");
-    let (m, init) = h1.init(&["--insecure-registry", &reg_addr]);
+    // :5001 is where a test may start a private registry.
+    let private_addr = format!("{}:5001", h1.ip);
+    let (m, init) = h1.init(&[
+        "--insecure-registry",
+        &reg_addr,
+        "--insecure-registry",
+        &private_addr,
+    ]);
     let mut daemons = vec![m];
     for k in 2..=joined {
         daemons.push(lab.host(k).join_with(
             &init.token,
             &init.manager_addr,
-            &["--insecure-registry", &reg_addr],
+            &[
+                "--insecure-registry",
+                &reg_addr,
+                "--insecure-registry",
+                &private_addr,
+            ],
         ));
     }
     lab.wait_until(
@@ -257,6 +269,22 @@ fn services_spread_pin_replace_and_drain() {
     assert_eq!(replicas(h1, "pinned"), "0/3");
     let ps = ok(h1, &["service", "ps", "pinned"]);
     assert!(ps.contains("no suitable node"), "{ps}");
+    // A node gains the label: the waiting tasks land there. It loses it: they are shut down.
+    ok(h1, &["node", "update", "--label-add", "zone=a", "h3"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running(h3, "pinned") == 3,
+        "pinned tasks placed on h3 once it has the label",
+    );
+    ok(h1, &["node", "update", "--label-rm", "zone", "h3"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running(h3, "pinned") == 0,
+        "pinned tasks shut down when h3 loses the label",
+    );
+    assert_eq!(replicas(h1, "pinned"), "0/3");
 
     // Removing the services removes their containers everywhere.
     ok(h1, &["service", "rm", "web", "pinned"]);
@@ -321,12 +349,12 @@ fn services_global_follows_nodes() {
 }
 
 #[test]
-fn services_refuse_bad_input() {
-    let Some(lab) = lab("svc_bad", 1) else {
+fn services_refuse_bad_input_and_use_registry_auth() {
+    let Some(lab) = lab("svc_bad", 2) else {
         return;
     };
-    let c = cluster(&lab, 1);
-    let h1 = lab.host(1);
+    let c = cluster(&lab, 2);
+    let (h1, h2) = (lab.host(1), lab.host(2));
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -435,5 +463,72 @@ fn services_refuse_bad_input() {
     assert!(
         ps.contains("test/missing"),
         "the error names the image: {ps}"
+    );
+
+    // A private registry: without --with-registry-auth the nodes cannot pull; with it, the CLI's
+    // `docker login` credentials travel with the service to every node.
+    let private = Registry::start(
+        h1,
+        "private",
+        &format!("{}:5001", h1.ip),
+        Some("alice:s3cret"),
+    );
+    private.push(h1, &h1.dir.join("layout-bb"), "team/app:1");
+    let app = format!("{}/team/app:1", private.addr);
+    let docker_config = h1.dir.join("docker-config");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    // "YWxpY2U6czNjcmV0" is base64 of "alice:s3cret", as `docker login` stores it.
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0"}}}}}}"#,
+            private.addr
+        ),
+    )
+    .unwrap();
+    let config_env = docker_config.display().to_string();
+    let with_config = |args: &[&str]| {
+        let mut full: Vec<String> = vec!["--host".into(), h1.socket_url()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        h1.rswarm_raw_env(
+            &full,
+            &[("DOCKER_CONFIG", &config_env)],
+            Duration::from_secs(90),
+        )
+    };
+    with_config(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "noauth",
+        "--restart-condition",
+        "none",
+        &app,
+    ])
+    .assert_success("create without registry auth");
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || ok(h1, &["service", "ps", "--no-trunc", "noauth"]).contains("Rejected"),
+        "the task without credentials is rejected",
+    );
+    with_config(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "authed",
+        "--replicas",
+        "2",
+        "--with-registry-auth",
+        &app,
+    ])
+    .assert_success("create with registry auth");
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || running(h1, "authed") + running(h2, "authed") == 2,
+        "both replicas pulled with the forwarded credentials",
     );
 }

@@ -3,7 +3,8 @@
 //! Everything a node runs whatever its role: its state dir ([`statedir`]), joining a cluster
 //! ([`join`]), the dispatcher session that keeps it Ready ([`session`]), certificate renewal
 //! ([`renew`]), the local unix-socket API ([`local`]) and the tasks the managers assign to the node
-//! ([`worker`], run as containers of the [`engine`]). [`daemon::run_worker`] wires them into the
+//! ([`worker`], run as containers of the [`engine`]), whose logs it publishes to managers on request
+//! ([`logs`]). [`daemon::run_worker`] wires them into the
 //! worker daemon; the manager daemon (crate `rswarm-manager`) reuses the same pieces for its local
 //! agent.
 //!
@@ -17,6 +18,7 @@ mod error;
 pub mod ids;
 pub mod join;
 pub mod local;
+pub mod logs;
 pub mod node;
 pub mod renew;
 pub mod session;

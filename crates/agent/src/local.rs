@@ -129,6 +129,25 @@ macro_rules! forward {
     ($($method:ident($req:ty) -> $resp:ty;)*) => {
         #[tonic::async_trait]
         impl control::control_server::Control for ControlForwarder {
+            // Streams are forwarded as they come: dropping the local stream (the CLI went away)
+            // drops the manager's, which ends the request there.
+            type ServiceLogsStream = tonic::Streaming<control::ServiceLogsMessage>;
+            type EventsStream = tonic::Streaming<control::Event>;
+
+            async fn service_logs(
+                &self,
+                req: Request<control::ServiceLogsRequest>,
+            ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+                self.client()?.service_logs(req.into_inner()).await
+            }
+
+            async fn events(
+                &self,
+                req: Request<control::EventsRequest>,
+            ) -> Result<Response<Self::EventsStream>, Status> {
+                self.client()?.events(req.into_inner()).await
+            }
+
             $(
                 async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
                     self.client()?.$method(req.into_inner()).await

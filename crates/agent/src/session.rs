@@ -3,8 +3,9 @@
 //! manager in turn.
 //!
 //! While a session is up it also carries the node's work: the assignments stream feeds the
-//! [`Worker`], and the worker's reporter sends task states over the same session. Both end with
-//! the session and start again with the next one.
+//! [`Worker`], the worker's reporter sends task states over the same session, and the log
+//! publisher ([`crate::logs`]) answers the manager's log subscriptions. All end with the session
+//! and start again with the next one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,10 +132,15 @@ async fn one_session(
         link.assignments.clone(),
     );
     tokio::pin!(assignments);
+    // Service logs: the manager's log subscriptions for this node, for this session.
+    let logs = crate::logs::listen(client.clone(), session_id.clone(), link.engine.clone());
+    tokio::pin!(logs);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             r = &mut assignments => return r,
+            // Never ends by itself; dropped with the session.
+            () = &mut logs => {}
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
                     let p = apply(ctx, addr, &m);

@@ -14,6 +14,7 @@ pub mod fsinfo;
 pub mod sched;
 pub mod stats;
 pub mod store_bench;
+pub mod swarm;
 pub mod table;
 
 use std::io::Write;

@@ -337,6 +337,9 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
         // Flags are checked before connecting: a bad value is reported as such.
         return crate::service_cmds::run(global, cmd).await;
     }
+    if let Command::Events(a) = &command {
+        crate::events::request(a, 0)?;
+    }
     let channel = connect(global).await?;
     let mut control = ControlClient::new(channel.clone());
     match command {
@@ -375,6 +378,7 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
             }
         }
         Command::Node(cmd) => node_command(&channel, &mut control, cmd).await?,
+        Command::Events(a) => crate::events::run(&mut control, a).await?,
         Command::Service(_) => unreachable!("handled before connecting"),
         Command::Info { format } => {
             let json_out = wants_json(&format)?;

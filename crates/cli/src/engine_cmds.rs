@@ -516,7 +516,7 @@ async fn stream_logs(
     Ok(())
 }
 
-fn since(s: &str) -> anyhow::Result<String> {
+pub(crate) fn since(s: &str) -> anyhow::Result<String> {
     if rfc3339_unix(s).is_some() {
         return Ok(s.to_string());
     }

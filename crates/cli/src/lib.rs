@@ -8,10 +8,12 @@ pub mod client;
 pub mod commands;
 pub mod engine_args;
 pub mod engine_cmds;
+pub mod events;
 pub mod output;
 pub mod progress;
 pub mod service_args;
 pub mod service_cmds;
+pub mod service_logs;
 pub mod service_output;
 pub mod shell;
 mod terminal;
@@ -77,6 +79,8 @@ pub enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(crate::service_args::ServiceCommand),
+    /// Stream the cluster's events (services, nodes, tasks).
+    Events(crate::events::EventsArgs),
     /// Show this node's cluster membership.
     Info {
         /// json for machine-readable output.

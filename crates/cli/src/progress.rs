@@ -256,7 +256,10 @@ impl Watch {
             }
             "rollback_paused" => return Some(format!("service rollback paused: {}", us.message)),
             "rollback_completed" if !self.manual_rollback => {
-                return Some(format!("service rolled back: {}", us.message))
+                // The cause ("update rolled back due to failure … of task X") was in the status
+                // while the rollback ran; "rollback completed" alone does not say why.
+                let why = self.auto_rollback.as_deref().unwrap_or(&us.message);
+                return Some(format!("service rolled back: {why}"));
             }
             _ => {}
         }
@@ -895,6 +898,38 @@ mod tests {
         assert_eq!(
             w.step(&s, &tasks, None, t0 + Duration::from_secs(1)).1,
             Outcome::Failed("service rolled back: manually requested rollback".into())
+        );
+    }
+
+    #[test]
+    fn a_completed_automatic_rollback_keeps_its_cause() {
+        let mut sp = spec(1, "x");
+        sp.rollback = Some(UpdateConfig {
+            monitor_ms: 5000,
+            ..crate::service_args::default_update_config()
+        });
+        let mut s = svc(sp.clone());
+        let cause = "update rolled back due to failure or early termination of task abc";
+        s.update_status = Some(UpdateStatus {
+            state: "rollback_started".into(),
+            started_at: "t".into(),
+            message: cause.into(),
+            ..UpdateStatus::default()
+        });
+        let tasks = vec![task(&sp, "a", 1, "running", "running")];
+        let mut w = Watch::new(false, None);
+        let t0 = Instant::now();
+        assert_eq!(w.step(&s, &tasks, None, t0).1, Outcome::Waiting);
+        // The manager finishes the rollback before our monitor period ends.
+        s.update_status = Some(UpdateStatus {
+            state: "rollback_completed".into(),
+            started_at: "t".into(),
+            message: "rollback completed".into(),
+            ..UpdateStatus::default()
+        });
+        assert_eq!(
+            w.step(&s, &tasks, None, t0 + Duration::from_millis(500)).1,
+            Outcome::Failed(format!("service rolled back: {cause}"))
         );
     }
 

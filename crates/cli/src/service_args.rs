@@ -41,6 +41,8 @@ pub enum ServiceCommand {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Fetch the logs of a service or task, from every node that runs it.
+    Logs(crate::service_logs::ServiceLogsArgs),
     /// List the tasks of one or more services.
     Ps(ServicePsArgs),
     /// Remove one or more services.

@@ -96,6 +96,7 @@ pub fn precheck(cmd: &ServiceCommand) -> anyhow::Result<()> {
         | ServiceCommand::Inspect { format, .. }
         | ServiceCommand::Ps(ServicePsArgs { format, .. }) => wants_json(format).map(|_| ()),
         ServiceCommand::Rm { .. } | ServiceCommand::Rollback { .. } => Ok(()),
+        ServiceCommand::Logs(a) => crate::service_logs::precheck(a),
     }
 }
 
@@ -221,6 +222,7 @@ pub async fn service_command(channel: Channel, cmd: ServiceCommand) -> anyhow::R
             }
         }
         ServiceCommand::Ps(a) => ps(&mut control, a).await?,
+        ServiceCommand::Logs(a) => crate::service_logs::run(&mut control, a).await?,
         ServiceCommand::Inspect {
             services,
             format,
@@ -560,6 +562,21 @@ mod tests {
 
     #[tonic::async_trait]
     impl Control for Mock {
+        type ServiceLogsStream =
+            tokio_stream::wrappers::ReceiverStream<Result<pb::ServiceLogsMessage, Status>>;
+        type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
+        async fn service_logs(
+            &self,
+            _: Request<pb::ServiceLogsRequest>,
+        ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn events(
+            &self,
+            _: Request<pb::EventsRequest>,
+        ) -> Result<Response<Self::EventsStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
         async fn list_nodes(
             &self,
             _: Request<pb::ListNodesRequest>,

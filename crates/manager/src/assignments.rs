@@ -135,7 +135,9 @@ impl Hub {
                 Ok(batch) => {
                     let nodes = self.lock();
                     for c in &batch.changes {
-                        let Object::Task(t) = &c.object else { continue };
+                        let Object::Task(t) = &*c.object else {
+                            continue;
+                        };
                         if let Some(boxes) = nodes.get(&t.node_id) {
                             for b in boxes {
                                 b.post(|i| {

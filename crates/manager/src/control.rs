@@ -1,5 +1,6 @@
-//! The control API: nodes, join tokens, cluster info, and services (in [`crate::services`]).
-//! Managers only (see [`crate::auth`]).
+//! The control API: nodes, join tokens, cluster info, services (in [`crate::services`]), service
+//! logs (through [`crate::logbroker`]) and cluster events ([`crate::events`]). Managers only (see
+//! [`crate::auth`]).
 
 use std::time::Duration;
 
@@ -10,10 +11,14 @@ use rswarm_store::{
     Availability, BackendStatus, Cluster, Node, NodeRole, NodeStatus, StateMachine, Store,
     StoreError, Txn,
 };
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::bootstrap::validate_settings;
 use crate::error::store_status;
+use crate::events::{now_ms, EventFilter, EventLog, Window};
+use crate::logbroker::{plan_logs, LogBroker};
 use crate::monitor::Monitor;
 use crate::services;
 use crate::{manager_addrs, rfc3339_ms};
@@ -21,11 +26,31 @@ use crate::{manager_addrs, rfc3339_ms};
 pub struct ControlService {
     store: Store,
     monitor: Monitor,
+    logs: LogBroker,
+    events: EventLog,
 }
 
+/// Events waiting for one `rswarm events` client.
+const EVENTS_QUEUE: usize = 64;
+
 impl ControlService {
+    /// A control API whose log broker and event log are its own (nothing feeds them): use
+    /// [`ControlService::with_logs`] to share the daemon's.
     pub fn new(store: Store, monitor: Monitor) -> Self {
-        ControlService { store, monitor }
+        ControlService {
+            store,
+            monitor,
+            logs: LogBroker::new(),
+            events: EventLog::new(),
+        }
+    }
+
+    /// Serves `ServiceLogs` through `logs` (which the dispatcher feeds) and `Events` from
+    /// `events` (which the daemon's recorder fills).
+    pub fn with_logs(mut self, logs: LogBroker, events: EventLog) -> Self {
+        self.logs = logs;
+        self.events = events;
+        self
     }
 }
 
@@ -157,6 +182,91 @@ fn cluster(s: &StateMachine) -> Result<&Cluster, StoreError> {
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    type ServiceLogsStream = ReceiverStream<Result<pb::ServiceLogsMessage, Status>>;
+    type EventsStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let r = req.into_inner();
+        if !r.since.is_empty() && humantime::parse_rfc3339_weak(&r.since).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "invalid since {:?}: use RFC 3339, e.g. 2026-01-02T15:04:05Z",
+                r.since
+            )));
+        }
+        let plan = self.store.read(|s| plan_logs(s, &r.target))?;
+        Ok(Response::new(ReceiverStream::new(self.logs.serve(plan, r))))
+    }
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let r = req.into_inner();
+        let filter = EventFilter::parse(&r.filters)?;
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let window = Window {
+            since_ms: nonzero(r.since_unix_ms),
+            until_ms: nonzero(r.until_unix_ms),
+        };
+        if let (Some(since), Some(until)) = (window.since_ms, window.until_ms) {
+            if since > until {
+                return Err(Status::invalid_argument(
+                    "--since is after --until: give a --since before the --until",
+                ));
+            }
+        }
+        let (replay, mut last, mut rx) = self.events.replay_and_follow(window, &filter);
+        let (tx, out) = mpsc::channel(EVENTS_QUEUE);
+        tokio::spawn(async move {
+            for e in replay {
+                if tx.send(Ok(e.to_pb())).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let now = now_ms();
+                if window.over(now) {
+                    return;
+                }
+                let left = window.until_ms.map_or(Duration::from_secs(3600), |u| {
+                    Duration::from_millis(u + 1 - now)
+                });
+                let e = tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(left) => continue,
+                    e = rx.recv() => e,
+                };
+                match e {
+                    Ok(e) => {
+                        if e.seq <= last {
+                            continue;
+                        }
+                        last = e.seq;
+                        if window.until_ms.is_some_and(|u| e.time_ms > u) {
+                            return;
+                        }
+                        if filter.matches(&e) && tx.send(Ok(e.to_pb())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "this client fell behind and missed {n} events; run `rswarm events --since …` again to replay them"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
     async fn list_nodes(
         &self,
         req: Request<pb::ListNodesRequest>,

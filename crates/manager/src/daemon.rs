@@ -25,6 +25,8 @@ use crate::auth::Auth;
 use crate::ca_service::CaService;
 use crate::control::ControlService;
 use crate::dispatcher::DispatcherService;
+use crate::events::EventLog;
+use crate::logbroker::LogBroker;
 use crate::monitor::Monitor;
 use crate::orchestration;
 use crate::ManagerError;
@@ -110,6 +112,12 @@ pub async fn run_manager(
         let _ = loops.await;
     });
 
+    // Service logs (agents publish through the dispatcher, clients read through control) and the
+    // recent cluster events.
+    let logs = LogBroker::new();
+    let events = EventLog::new();
+    events.spawn_recorder(store.clone(), cancel.clone());
+
     // The cluster listener: mutual TLS, every RPC authorised by the caller's certificate.
     let auth = Auth::new(store.clone());
     let manager_only = {
@@ -128,10 +136,12 @@ pub async fn run_manager(
         .add_service(DispatcherServer::new(DispatcherService::new(
             store.clone(),
             monitor.clone(),
+            logs.clone(),
             cancel.clone(),
         )))
         .add_service(ControlServer::with_interceptor(
-            ControlService::new(store.clone(), monitor.clone()),
+            ControlService::new(store.clone(), monitor.clone())
+                .with_logs(logs.clone(), events.clone()),
             manager_only.clone(),
         ))
         // Not `RaftServer::with_interceptor`: the raft service lifts gRPC's 4 MiB message limit so
@@ -171,7 +181,8 @@ pub async fn run_manager(
         .add_service(images)
         .add_service(containers)
         .add_service(ControlServer::with_interceptor(
-            ControlService::new(store.clone(), monitor.clone()),
+            ControlService::new(store.clone(), monitor.clone())
+                .with_logs(logs.clone(), events.clone()),
             manager_only,
         ))
         .serve_with_incoming_shutdown(local_incoming, cancel.clone().cancelled_owned());

@@ -1,5 +1,5 @@
 //! The dispatcher: agents' sessions and heartbeats, their task assignments and status reports
-//! (see [`crate::assignments`]).
+//! (see [`crate::assignments`]), and the agents' side of the log broker (see [`crate::logbroker`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,20 +8,22 @@ use std::time::UNIX_EPOCH;
 use rswarm_agent::ids::new_id;
 use rswarm_api::dispatcher::v1::dispatcher_server::Dispatcher;
 use rswarm_api::dispatcher::v1::{
-    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, SessionMessage,
-    SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
+    ListenSubscriptionsRequest, LogSubscription, PublishLogsMessage, PublishLogsResponse,
+    SessionMessage, SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use rswarm_ca::transport::peer_of;
 use rswarm_store::{Cluster, Kind, Node, Store};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::assignments::{Hub, Report, StatusBatcher};
 use crate::auth::Auth;
 use crate::convert::task_status_from_pb;
 use crate::error::store_status;
+use crate::logbroker::{LogBroker, SubEvent};
 use crate::manager_addrs;
 use crate::monitor::{Description, Monitor};
 
@@ -33,11 +35,18 @@ pub struct DispatcherService {
     sessions: Sessions,
     statuses: StatusBatcher,
     hub: Hub,
+    logs: LogBroker,
 }
 
 impl DispatcherService {
-    pub fn new(store: Store, monitor: Monitor, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        monitor: Monitor,
+        logs: LogBroker,
+        shutdown: CancellationToken,
+    ) -> Self {
         DispatcherService {
+            logs,
             auth: Auth::new(store.clone()),
             statuses: StatusBatcher::spawn(store.clone(), shutdown.clone()),
             hub: Hub::spawn(store.clone(), shutdown.clone()),
@@ -100,6 +109,7 @@ fn session_message(store: &Store, node_id: &str, session_id: &str) -> Option<Ses
 impl Dispatcher for DispatcherService {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
     type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type ListenSubscriptionsStream = ReceiverStream<Result<LogSubscription, Status>>;
 
     async fn session(
         &self,
@@ -255,6 +265,102 @@ impl Dispatcher for DispatcherService {
             .collect::<Result<Vec<_>, Status>>()?;
         self.statuses.report(reports).await.map_err(store_status)?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+
+    async fn listen_subscriptions(
+        &self,
+        req: Request<ListenSubscriptionsRequest>,
+    ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
+        let peer = self.auth.node(&req)?;
+        let ended = self.sessions.of(&peer.node_id, &req.get_ref().session_id)?;
+        let (id, mut subs) = self.logs.listen(&peer.node_id);
+        let (tx, rx) = mpsc::channel(4);
+        let logs = self.logs.clone();
+        let node_id = peer.node_id;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = ended.cancelled() => break,
+                    () = tx.closed() => break,
+                    s = subs.recv() => match s {
+                        Some(s) => if tx.send(Ok(s)).await.is_err() { break },
+                        // Replaced by a newer stream of the same node.
+                        None => break,
+                    },
+                }
+            }
+            logs.unlisten(&node_id, id);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn publish_logs(
+        &self,
+        req: Request<Streaming<PublishLogsMessage>>,
+    ) -> Result<Response<PublishLogsResponse>, Status> {
+        let peer = self.auth.node(&req)?;
+        let mut stream = req.into_inner();
+        self.publish_logs_inner(&peer.node_id, &mut stream).await?;
+        Ok(Response::new(PublishLogsResponse {}))
+    }
+}
+
+impl DispatcherService {
+    async fn publish_logs_inner(
+        &self,
+        node_id: &str,
+        stream: &mut Streaming<PublishLogsMessage>,
+    ) -> Result<(), Status> {
+        let mut started: Option<(String, mpsc::Sender<SubEvent>)> = None;
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    if let Some((_, tx)) = &started {
+                        let why = "the node stopped sending logs before it finished".to_string();
+                        let _ = tx.send(SubEvent::Done(node_id.into(), Some(why))).await;
+                    }
+                    return Ok(());
+                }
+                Err(s) => {
+                    if let Some((_, tx)) = &started {
+                        let why = format!("the node's log stream broke: {}", s.message());
+                        let _ = tx.send(SubEvent::Done(node_id.into(), Some(why))).await;
+                    }
+                    return Ok(());
+                }
+            };
+            if started
+                .as_ref()
+                .is_some_and(|(id, _)| *id != msg.subscription_id)
+            {
+                return Err(Status::invalid_argument(
+                    "one PublishLogs stream carries one subscription; open another stream",
+                ));
+            }
+            // The subscription is over: returning ends the node's stream.
+            let Some(tx) = self.logs.route(node_id, &msg)? else {
+                return Ok(());
+            };
+            if started.is_none() {
+                started = Some((msg.subscription_id.clone(), tx.clone()));
+                if tx.send(SubEvent::Started(node_id.into())).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if !msg.lines.is_empty()
+                && tx
+                    .send(SubEvent::Lines(node_id.into(), msg.lines))
+                    .await
+                    .is_err()
+            {
+                return Ok(());
+            }
+            if msg.close {
+                let _ = tx.send(SubEvent::Done(node_id.into(), None)).await;
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! [`bootstrap`] creates a cluster; [`daemon::run_manager`] runs a manager node: the raft-backed
 //! [`rswarm_store::Store`], the gRPC services ([`ca_service`], [`dispatcher`], [`control`], raft) on
 //! a mutual-TLS listener, node liveness ([`monitor`]), the local unix-socket API, and the node's own
-//! agent (crate `rswarm-agent`), which reaches this manager over TLS like any other node.
+//! agent (crate `rswarm-agent`), which reaches this manager over TLS like any other node. Service
+//! logs travel through the [`logbroker`] over the agents' sessions; [`events`] keeps the recent
+//! cluster events for `rswarm events`.
 //!
 //! Architecture invariant: only the monitor task writes node status; services write through the
 //! store's optimistic transactions, never around them.
@@ -17,6 +19,8 @@ pub mod convert;
 pub mod daemon;
 pub mod dispatcher;
 mod error;
+pub mod events;
+pub mod logbroker;
 pub mod monitor;
 pub mod orchestration;
 pub mod services;

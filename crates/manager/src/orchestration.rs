@@ -60,7 +60,7 @@ pub struct Loop {
 /// A task change matters to the orchestrator when the task appeared, went away, ended, or is not
 /// simply wanted running (a pending restart delay, a shutdown, a removal).
 fn orchestrator_interest(_: &StateMachine, c: &Change) -> bool {
-    match &c.object {
+    match &*c.object {
         Object::Task(t) => {
             c.action != Action::Update
                 || t.status.state.is_terminal()
@@ -73,7 +73,7 @@ fn orchestrator_interest(_: &StateMachine, c: &Change) -> bool {
 
 /// The scheduler places pending tasks; ended or removed tasks free resources and ports.
 fn scheduler_interest(_: &StateMachine, c: &Change) -> bool {
-    match &c.object {
+    match &*c.object {
         Object::Task(t) => {
             c.action != Action::Update
                 || t.status.state == TaskState::Pending
@@ -87,7 +87,7 @@ fn scheduler_interest(_: &StateMachine, c: &Change) -> bool {
 
 /// The updater watches services, and the tasks of services that are being updated.
 fn updater_interest(s: &StateMachine, c: &Change) -> bool {
-    match &c.object {
+    match &*c.object {
         Object::Service(_) | Object::Node(_) => true,
         Object::Task(t) => s.get::<Service>(&t.service_id).is_some_and(|svc| {
             svc.update_status.as_ref().is_some_and(|u| {
@@ -103,7 +103,7 @@ fn updater_interest(s: &StateMachine, c: &Change) -> bool {
 
 /// The reaper deletes ended and removed tasks (and those of down or removed nodes).
 fn reaper_interest(_: &StateMachine, c: &Change) -> bool {
-    match &c.object {
+    match &*c.object {
         Object::Task(t) => t.status.state.is_terminal() || t.desired_state >= TaskState::Shutdown,
         Object::Node(_) => true,
         Object::Service(_) | Object::Cluster(_) => false,

@@ -34,7 +34,10 @@
 //!   - `start-first`: the new task is created with desired `Running`; once it runs, the old one
 //!     gets desired `Shutdown`.
 //! - **Completion**: no outdated task left and nothing in flight: `Completed` (or
-//!   `RollbackCompleted`) with `completed_at_ms`.
+//!   `RollbackCompleted`) with `completed_at_ms`. An outdated task that reconcile is about to
+//!   replace (its status is terminal, or it lost its node; except a global task on a down node,
+//!   which reconcile keeps) still counts: reconcile may have decided from the spec before this
+//!   update or rollback, and the task it creates then is outdated too and replaced by this update.
 //!
 //! [`Plan::wake_at_ms`] asks for the moments a monitor period or a batch delay ends.
 
@@ -251,7 +254,21 @@ fn update_service(
         }
     }
 
-    if remaining_stale == 0 && !in_flight {
+    // An outdated task that reconcile is about to replace (it ended, or lost its node) still holds
+    // its slot: the update is not over until the replacement exists. Reconcile may have read the
+    // service before this update (or rollback) changed it, and then replaces the task from the
+    // old spec; the update replaces that one in turn instead of declaring itself complete and
+    // leaving a task of the old spec for a later, unasked-for update to find.
+    let awaiting_reconcile = stale.iter().any(|t| {
+        !healthy(t, s, nodes)
+            && (t.status.state.is_terminal()
+                || !matches!(s.spec.mode, ServiceMode::Global)
+                || nodes
+                    .get(t.node_id.as_str())
+                    .is_none_or(|n| n.status != NodeStatus::Down))
+    });
+
+    if remaining_stale == 0 && !in_flight && !awaiting_reconcile {
         let (state, message) = if rollback {
             (UpdateState::RollbackCompleted, "rollback completed")
         } else {
@@ -546,6 +563,60 @@ mod tests {
         let st = w.service("s").update_status.unwrap();
         assert_eq!(st.state, UpdateState::RollbackCompleted);
         assert_eq!(st.message, "rollback completed");
+    }
+
+    /// Reconcile and the updater decide from snapshots: reconcile can replace a failed task of the
+    /// update from the spec it read, after the updater rolled the service back. The rollback must
+    /// not complete before that replacement exists, and must then roll it back too (no second,
+    /// unasked-for "update" of the rolled-back service).
+    #[test]
+    fn rollback_waits_for_replacements_decided_from_the_failed_spec() {
+        let mut w = world(3, |s| {
+            s.spec.update.failure_action = FailureAction::Rollback;
+            s.spec.rollback.monitor_ms = 500;
+        });
+        update_image(&mut w, "bad");
+        step_until_idle(&mut w);
+        fail_new_tasks(&mut w, "bad");
+        // Reconcile decides the restart of the failed task from the current ("bad") spec…
+        let mut ids = 1_000;
+        let racing = crate::reconcile(&w.sm, w.now, &mut || {
+            ids += 1;
+            format!("r{ids}")
+        });
+        assert!(!racing.ops.is_empty());
+        // …the updater rolls the service back meanwhile…
+        w.plan_updates();
+        assert_eq!(status(&w), Some(UpdateState::RollbackStarted));
+        assert_eq!(w.service("s").spec.task.image, "v1");
+        // …and sees nothing to do yet: the failed task still holds its slot.
+        w.plan_updates();
+        assert_eq!(
+            status(&w),
+            Some(UpdateState::RollbackStarted),
+            "not complete while the failed slot waits for its replacement"
+        );
+        // Reconcile's commit lands: a "bad" task from the old spec version.
+        w.apply(racing.ops);
+        assert_eq!(images(&w), vec!["bad", "v1", "v1"]);
+        let mut states = Vec::new();
+        for _ in 0..100 {
+            let wake = step_until_idle(&mut w);
+            states.push(status(&w));
+            match wake {
+                Some(at) => w.now = w.now.max(at),
+                None => break,
+            }
+        }
+        assert_eq!(images(&w), vec!["v1", "v1", "v1"]);
+        assert!(
+            states.iter().all(|s| matches!(
+                s,
+                Some(UpdateState::RollbackStarted | UpdateState::RollbackCompleted)
+            )),
+            "{states:?}"
+        );
+        assert_eq!(status(&w), Some(UpdateState::RollbackCompleted));
     }
 
     #[test]

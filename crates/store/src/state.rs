@@ -4,6 +4,7 @@
 //! [`StateMachine::apply`]. Given equal inputs, every replica ends in an equal state.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -104,11 +105,12 @@ pub enum Action {
     Delete,
 }
 
-/// One applied change, as watchers see it. For deletes, `object` is the object as it was.
+/// One applied change, as watchers see it. For deletes, `object` is the object as it was. The
+/// object is shared with the state (no copy per watcher or per change).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub action: Action,
-    pub object: Object,
+    pub object: Arc<Object>,
 }
 
 /// All changes of one committed transaction.
@@ -122,13 +124,21 @@ pub struct ChangeBatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     index: u64,
-    tables: BTreeMap<Kind, BTreeMap<String, Object>>,
+    /// Objects are shared (`Arc`): a clone of the state, a change handed to watchers and the
+    /// object in the table are one allocation.
+    tables: BTreeMap<Kind, BTreeMap<String, Arc<Object>>>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotData {
     index: u64,
     objects: Vec<Object>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    index: u64,
+    objects: Vec<&'a Object>,
 }
 
 impl StateMachine {
@@ -145,7 +155,7 @@ impl StateMachine {
         self.tables
             .get(&T::KIND)
             .and_then(|t| t.get(id))
-            .and_then(T::from_object_ref)
+            .and_then(|o| T::from_object_ref(o))
     }
 
     /// All objects of one kind, ordered by id.
@@ -154,14 +164,14 @@ impl StateMachine {
             .get(&T::KIND)
             .into_iter()
             .flat_map(|t| t.values())
-            .filter_map(T::from_object_ref)
+            .filter_map(|o| T::from_object_ref(o))
     }
 
     pub fn count(&self, kind: Kind) -> usize {
         self.tables.get(&kind).map_or(0, BTreeMap::len)
     }
 
-    fn lookup(&self, kind: Kind, id: &str) -> Option<&Object> {
+    fn lookup(&self, kind: Kind, id: &str) -> Option<&Arc<Object>> {
         self.tables.get(&kind).and_then(|t| t.get(id))
     }
 
@@ -170,7 +180,7 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, txn: &Txn) -> Result<Vec<Change>, TxnError> {
         self.index = self.index.max(index);
         // Validate against the state as the earlier ops of this transaction leave it.
-        let mut staged: BTreeMap<(Kind, String), Option<Object>> = BTreeMap::new();
+        let mut staged: BTreeMap<(Kind, String), Option<Arc<Object>>> = BTreeMap::new();
         let mut changes = Vec::with_capacity(txn.ops.len());
         for op in &txn.ops {
             let (kind, id) = match op {
@@ -191,6 +201,7 @@ impl StateMachine {
                     meta.version = index;
                     meta.created_at_ms = txn.timestamp_ms;
                     meta.updated_at_ms = txn.timestamp_ms;
+                    let object = Arc::new(object);
                     changes.push(Change {
                         action: Action::Create,
                         object: object.clone(),
@@ -216,6 +227,7 @@ impl StateMachine {
                     meta.version = index;
                     meta.created_at_ms = old.meta().created_at_ms;
                     meta.updated_at_ms = txn.timestamp_ms;
+                    let object = Arc::new(object);
                     changes.push(Change {
                         action: Action::Update,
                         object: object.clone(),
@@ -262,17 +274,17 @@ impl StateMachine {
     /// give two objects one name is rejected.
     fn check_names(
         &self,
-        staged: &BTreeMap<(Kind, String), Option<Object>>,
+        staged: &BTreeMap<(Kind, String), Option<Arc<Object>>>,
     ) -> Result<(), TxnError> {
         for ((kind, id), object) in staged {
-            let Some(Object::Service(new)) = object else {
+            let Some(Object::Service(new)) = object.as_deref() else {
                 continue;
             };
             let name = &new.spec.name;
             let staged_clash = staged.iter().find(|((k, other), o)| {
                 k == kind
                     && other != id
-                    && matches!(o, Some(Object::Service(s)) if &s.spec.name == name)
+                    && matches!(o.as_deref(), Some(Object::Service(s)) if &s.spec.name == name)
             });
             // Stored services this transaction touches were checked above in their new form.
             let stored_clash = self
@@ -301,9 +313,9 @@ impl StateMachine {
         let objects = self
             .tables
             .values()
-            .flat_map(|t| t.values().cloned())
+            .flat_map(|t| t.values().map(|o| &**o))
             .collect();
-        serde_json::to_vec(&SnapshotData {
+        serde_json::to_vec(&SnapshotRef {
             index: self.index,
             objects,
         })
@@ -321,7 +333,7 @@ impl StateMachine {
             sm.tables
                 .entry(o.kind())
                 .or_default()
-                .insert(o.id().to_string(), o);
+                .insert(o.id().to_string(), Arc::new(o));
         }
         Ok(sm)
     }

@@ -68,6 +68,8 @@ pub struct WorkerLink {
     pub assignments: mpsc::Sender<AssignmentsMessage>,
     /// The current session (`None` between sessions), for the reporter.
     pub target: watch::Sender<Option<ReportTarget>>,
+    /// The node's engine, whose task containers' logs the session publishes.
+    pub engine: Engine,
 }
 
 impl Worker {
@@ -85,6 +87,7 @@ impl Worker {
         let (atx, arx) = mpsc::channel(ASSIGNMENT_QUEUE);
         let (ttx, trx) = watch::channel(None);
         let (rtx, rrx) = mpsc::channel(REPORT_QUEUE);
+        let engine = self.engine.clone();
         let table = Table {
             engine: self.engine,
             node_id,
@@ -101,6 +104,7 @@ impl Worker {
             WorkerLink {
                 assignments: atx,
                 target: ttx,
+                engine,
             },
             driver,
         )
