@@ -789,6 +789,43 @@ async fn rswarm_tasks(c: &mut ControlClient<Channel>, victim: &str) -> anyhow::R
     Ok(n)
 }
 
+/// Where the time of a convergence went, from the tasks' own timestamps: when the first and last
+/// task were created (manager) and when they were reported running (agents), after `start`.
+async fn rswarm_timeline(
+    c: &mut ControlClient<Channel>,
+    start: std::time::SystemTime,
+) -> anyhow::Result<String> {
+    let tasks = c
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .context("ListTasks failed")?
+        .into_inner()
+        .tasks;
+    let after = |ts: &str| {
+        humantime::parse_rfc3339_weak(ts)
+            .ok()
+            .and_then(|t| t.duration_since(start).ok())
+    };
+    let mut created: Vec<Duration> = tasks.iter().filter_map(|t| after(&t.created_at)).collect();
+    let mut running: Vec<Duration> = tasks
+        .iter()
+        .filter_map(|t| t.status.as_ref())
+        .filter(|s| s.state == "running")
+        .filter_map(|s| after(&s.timestamp))
+        .collect();
+    created.sort();
+    running.sort();
+    let at = |v: &[Duration], i: usize| v.get(i).map_or("?".into(), |d| fmt_duration(*d));
+    Ok(format!(
+        "tasks created {}–{}, running reported {}–{} (median {})",
+        at(&created, 0),
+        at(&created, created.len().saturating_sub(1)),
+        at(&running, 0),
+        at(&running, running.len().saturating_sub(1)),
+        at(&running, running.len() / 2)
+    ))
+}
+
 async fn rswarm_run(
     lab: &Lab,
     ctx: &Ctx,
@@ -888,6 +925,7 @@ async fn rswarm_run(
         .arg(ctx.replicas.to_string())
         .arg(RSWARM_IMAGE);
     let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
     let create = tokio::spawn(run_cmd(cmd, "rswarm service create"));
     let c = &mut client;
     let (converge, _) = wait_converged(
@@ -902,9 +940,10 @@ async fn rswarm_run(
     say(
         log,
         format!(
-            "rswarm run {run}: (a) {} replicas running after {}",
+            "rswarm run {run}: (a) {} replicas running after {} ({})",
             ctx.replicas,
-            fmt_duration(converge)
+            fmt_duration(converge),
+            rswarm_timeline(&mut client, start_wall).await?
         ),
     );
     tokio::time::sleep(SETTLE).await;

@@ -112,11 +112,14 @@ pub struct Hub {
 impl Hub {
     /// Starts the router; it stops with `cancel`.
     pub fn spawn(store: Store, cancel: CancellationToken) -> Hub {
+        // Subscribe here, not in the task: a change committed before the task first runs would
+        // otherwise reach neither the router nor a stream that read its full set earlier.
+        let events = store.subscribe();
         let hub = Hub {
             store,
             nodes: Arc::default(),
         };
-        tokio::spawn(hub.clone().route(cancel));
+        tokio::spawn(hub.clone().route(events, cancel));
         hub
     }
 
@@ -124,8 +127,11 @@ impl Hub {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn route(self, cancel: CancellationToken) {
-        let mut events = self.store.subscribe();
+    async fn route(
+        self,
+        mut events: tokio::sync::broadcast::Receiver<Arc<rswarm_store::ChangeBatch>>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let ev = tokio::select! {
                 () = cancel.cancelled() => return,

@@ -149,6 +149,8 @@ impl Dispatcher for DispatcherService {
             )
             .await
             .map_err(store_status)?;
+        // Subscribe before reading: no change can fall between the first message and the stream.
+        let mut events = self.store.subscribe();
         let first = session_message(&self.store, &node_id, &session_id)
             .ok_or_else(|| Status::permission_denied("node was removed"))?;
         let (tx, rx) = mpsc::channel(16);
@@ -170,7 +172,6 @@ impl Dispatcher for DispatcherService {
         tokio::spawn(async move {
             let _guard = guard;
             let mut last = first;
-            let mut events = store.subscribe();
             loop {
                 tokio::select! {
                     () = tx.closed() => {

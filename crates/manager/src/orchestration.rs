@@ -10,11 +10,12 @@
 //! Architecture invariant: only the raft leader runs these loops; [`spawn`] starts them when this
 //! manager becomes leader and stops them when it stops being leader.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use rswarm_store::{
-    Action, Change, Object, Op, Service, StateMachine, Store, StoreError, TaskState, Txn, TxnError,
-    UpdateState,
+    Action, Change, Kind, Object, Op, Service, StateMachine, Store, StoreError, TaskState, Txn,
+    TxnError, UpdateState,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::task::JoinSet;
@@ -221,12 +222,19 @@ pub async fn run_loop(l: Loop, store: Store, cancel: CancellationToken) {
         if dirty {
             dirty = false;
             let now = now_ms();
-            let decision = store.read(|s| step(s, now));
+            let (decision, guards) = store.read(|s| {
+                let d = step(s, now);
+                let g = guards(s, &d.ops);
+                (d, g)
+            });
             wake_at = decision.wake_at_ms;
             if !decision.ops.is_empty() {
-                if let Err(e) = commit_chunks(&store, decision.ops).await {
+                if let Err(e) = commit_chunks(&store, decision.ops, &guards).await {
                     match e {
-                        StoreError::Txn(TxnError::VersionMismatch { .. }) => {}
+                        // The state moved under the decision: decide again.
+                        StoreError::Txn(
+                            TxnError::VersionMismatch { .. } | TxnError::NotFound { .. },
+                        ) => {}
                         StoreError::NotLeader { .. } | StoreError::ShuttingDown => return,
                         e => {
                             tracing::warn!(loop_name = name, error = %e, "could not commit; retrying");
@@ -281,11 +289,99 @@ pub async fn run_loop(l: Loop, store: Store, cancel: CancellationToken) {
     }
 }
 
-async fn commit_chunks(store: &Store, mut ops: Vec<Op>) -> Result<(), StoreError> {
+/// The version of each service that new tasks in `ops` were made from, as `state` has it.
+fn guards(state: &StateMachine, ops: &[Op]) -> HashMap<String, u64> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Create {
+                object: Object::Task(t),
+            } => state
+                .get::<Service>(&t.service_id)
+                .map(|svc| (svc.id.clone(), svc.meta.version)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Commits `ops` in chunks. Each chunk that creates tasks also checks that their services are
+/// still at the version the decision read: a task is never made from a spec that changed
+/// meanwhile (the updater and the orchestrator decide from separate reads).
+async fn commit_chunks(
+    store: &Store,
+    mut ops: Vec<Op>,
+    guards: &HashMap<String, u64>,
+) -> Result<(), StoreError> {
     while !ops.is_empty() {
         let rest = ops.split_off(ops.len().min(MAX_OPS));
+        let services: BTreeSet<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Create {
+                    object: Object::Task(t),
+                } => Some(t.service_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let checks: Vec<Op> = services
+            .into_iter()
+            .filter_map(|id| {
+                guards.get(id).map(|&version| Op::Check {
+                    kind: Kind::Service,
+                    id: id.to_string(),
+                    version,
+                })
+            })
+            .collect();
+        ops.extend(checks);
         store.commit(Txn::new(ops)).await?;
         ops = rest;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rswarm_store::{MemoryBackend, ServiceSpec, Task};
+
+    #[tokio::test]
+    async fn tasks_are_not_created_from_a_spec_that_changed_meanwhile() {
+        let store = MemoryBackend::store(StateMachine::new());
+        store
+            .commit(Txn::new(vec![Txn::create(Service {
+                id: "s".into(),
+                spec: ServiceSpec {
+                    name: "web".into(),
+                    ..ServiceSpec::default()
+                },
+                spec_version: 1,
+                ..Service::default()
+            })]))
+            .await
+            .unwrap();
+        let task = Task {
+            id: "t".into(),
+            service_id: "s".into(),
+            ..Task::default()
+        };
+        let ops = vec![Txn::create(task)];
+        let g = store.read(|s| guards(s, &ops));
+        // The service changes between the decision and the commit.
+        let mut svc = store.get::<Service>("s").unwrap();
+        svc.spec_version = 2;
+        store
+            .commit(Txn::new(vec![Txn::update(svc)]))
+            .await
+            .unwrap();
+        let err = commit_chunks(&store, ops.clone(), &g).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Txn(TxnError::VersionMismatch { .. })),
+            "{err}"
+        );
+        assert!(store.get::<Task>("t").is_none());
+        // Decided again from the current state, it goes through.
+        let g = store.read(|s| guards(s, &ops));
+        commit_chunks(&store, ops, &g).await.unwrap();
+        assert!(store.get::<Task>("t").is_some());
+    }
 }

@@ -25,6 +25,13 @@ pub enum Op {
         id: String,
         version: Option<u64>,
     },
+    /// Changes nothing; fails unless the object exists with this version. Guards the other ops of
+    /// a transaction that were decided from that object (tasks made from a service's spec).
+    Check {
+        kind: Kind,
+        id: String,
+        version: u64,
+    },
 }
 
 /// An all-or-nothing batch of changes. `timestamp_ms` is chosen by the proposer so that applying the
@@ -61,6 +68,14 @@ impl Txn {
             kind: T::KIND,
             id: object.id().to_string(),
             version: Some(object.meta().version),
+        }
+    }
+
+    pub fn check<T: StoreObject>(object: &T) -> Op {
+        Op::Check {
+            kind: T::KIND,
+            id: object.id().to_string(),
+            version: object.meta().version,
         }
     }
 
@@ -187,13 +202,26 @@ impl StateMachine {
                 Op::Create { object } | Op::Update { object } => {
                     (object.kind(), object.id().to_string())
                 }
-                Op::Delete { kind, id, .. } => (*kind, id.clone()),
+                Op::Delete { kind, id, .. } | Op::Check { kind, id, .. } => (*kind, id.clone()),
             };
             let current = match staged.get(&(kind, id.clone())) {
                 Some(staged) => staged.clone(),
                 None => self.lookup(kind, &id).cloned(),
             };
             let next = match (op, current) {
+                (Op::Check { .. }, None) => return Err(TxnError::NotFound { kind, id }),
+                (Op::Check { version, .. }, Some(current)) => {
+                    let actual = current.meta().version;
+                    if *version != actual {
+                        return Err(TxnError::VersionMismatch {
+                            kind,
+                            id,
+                            expected: *version,
+                            actual,
+                        });
+                    }
+                    continue;
+                }
                 (Op::Create { .. }, Some(_)) => return Err(TxnError::Exists { kind, id }),
                 (Op::Create { object }, None) => {
                     let mut object = object.clone();
@@ -488,6 +516,32 @@ mod tests {
             sm.snapshot()
         };
         assert_eq!(build(), build());
+    }
+
+    #[test]
+    fn checks_guard_a_transaction_without_changing_anything() {
+        let mut sm = StateMachine::new();
+        sm.apply(1, &txn(vec![Txn::create(node("a"))])).unwrap();
+        let a = sm.get::<Node>("a").unwrap().clone();
+        let changes = sm
+            .apply(2, &txn(vec![Txn::check(&a), Txn::create(node("b"))]))
+            .unwrap();
+        assert_eq!(changes.len(), 1, "a check is not a change");
+        let mut a2 = a.clone();
+        a2.hostname = "renamed".into();
+        sm.apply(3, &txn(vec![Txn::update(a2)])).unwrap();
+        let err = sm
+            .apply(4, &txn(vec![Txn::check(&a), Txn::create(node("c"))]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            TxnError::VersionMismatch {
+                expected: 1,
+                actual: 3,
+                ..
+            }
+        ));
+        assert!(sm.get::<Node>("c").is_none());
     }
 
     #[test]

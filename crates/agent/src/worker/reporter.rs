@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// At most one batch per interval; the first update after a quiet spell goes at once.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// At most one batch per interval; the first update after a quiet spell goes at once. Sends are
+/// sequential and the manager batches reports from all nodes, so this only bounds the rate.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// How long one `UpdateTaskStatus` may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed send, wait this long (or for a new session) before trying again.
