@@ -9,20 +9,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::registry::{busybox_image, tools_present, Registry};
-use common::{CmdOutput, Host, Lab};
+use common::cli::{lab, ok, rs};
+use common::registry::{busybox_image, Registry};
+use common::Host;
 use rswarm_image::testutil::{busybox_layer, tar_dir, write_oci_layout, Entry, ImageSpec};
 use serde_json::Value;
-
-fn lab(name: &str, hosts: usize) -> Option<Lab> {
-    if !tools_present() || !Path::new("/usr/bin/tini-static").exists() {
-        eprintln!(
-            "skipping {name}: needs docker-registry, skopeo, busybox-static and tini installed"
-        );
-        return None;
-    }
-    Lab::with_hosts(name, hosts)
-}
 
 fn spec(cmd: &[&str], entrypoint: &[&str]) -> ImageSpec {
     ImageSpec {
@@ -46,20 +37,6 @@ fn push_images(host: &Host, reg: &Registry) {
     let ep = host.dir.join("layout-ep");
     busybox_image(&ep, &spec(&["default-arg"], &["echo", "ep"]));
     reg.push(host, &ep, "test/ep:latest");
-}
-
-/// `rswarm ARGS` on `host`, with a longer timeout for pulls and runs.
-fn rs(host: &Host, args: &[&str]) -> CmdOutput {
-    let mut full: Vec<String> = vec!["--host".into(), host.socket_url()];
-    full.extend(args.iter().map(|s| s.to_string()));
-    host.rswarm_raw_env(&full, &[], Duration::from_secs(90))
-}
-
-#[track_caller]
-fn ok(host: &Host, args: &[&str]) -> String {
-    let out = rs(host, args);
-    out.assert_success(&args.join(" "));
-    out.stdout
 }
 
 #[track_caller]

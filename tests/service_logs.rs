@@ -4,40 +4,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::registry::{busybox_image, tools_present, Registry};
-use common::{Bin, CmdOutput, Daemon, Host, Lab};
+use common::cli::{lab, ok, rs_for};
+use common::registry::{busybox_image, Registry};
+use common::{Bin, Daemon, Lab};
 use rswarm_image::testutil::ImageSpec;
-
-fn lab(name: &str, hosts: usize) -> Option<Lab> {
-    if !tools_present() || !Path::new("/usr/bin/tini-static").exists() {
-        eprintln!(
-            "skipping {name}: needs docker-registry, skopeo, busybox-static and tini installed"
-        );
-        return None;
-    }
-    Lab::with_hosts(name, hosts)
-}
-
-/// `rswarm ARGS` on `host`, killed after `timeout`.
-fn rs_for(host: &Host, args: &[&str], timeout: Duration) -> CmdOutput {
-    let mut full: Vec<String> = vec!["--host".into(), host.socket_url()];
-    full.extend(args.iter().map(|s| s.to_string()));
-    host.rswarm_raw_env(&full, &[], timeout)
-}
-
-fn rs(host: &Host, args: &[&str]) -> CmdOutput {
-    rs_for(host, args, Duration::from_secs(90))
-}
-
-#[track_caller]
-fn ok(host: &Host, args: &[&str]) -> String {
-    let out = rs(host, args);
-    out.assert_success(&args.join(" "));
-    out.stdout
-}
 
 /// A cluster: `h1` manager (also runs tasks), the other hosts workers; a registry on `h1` holding
 /// `test/bb` (busybox). Returns the daemons and the image name.

@@ -5,37 +5,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::registry::{busybox_image, tools_present, Registry};
-use common::{CmdOutput, Daemon, Host, Lab};
+use common::cli::{lab, ok, rs};
+use common::registry::{busybox_image, Registry};
+use common::{Daemon, Host, Lab};
 use rswarm_image::testutil::ImageSpec;
 use serde_json::Value;
-
-fn lab(name: &str, hosts: usize) -> Option<Lab> {
-    if !tools_present() || !Path::new("/usr/bin/tini-static").exists() {
-        eprintln!(
-            "skipping {name}: needs docker-registry, skopeo, busybox-static and tini installed"
-        );
-        return None;
-    }
-    Lab::with_hosts(name, hosts)
-}
-
-/// `rswarm ARGS` on `host`.
-fn rs(host: &Host, args: &[&str]) -> CmdOutput {
-    let mut full: Vec<String> = vec!["--host".into(), host.socket_url()];
-    full.extend(args.iter().map(|s| s.to_string()));
-    host.rswarm_raw_env(&full, &[], Duration::from_secs(90))
-}
-
-#[track_caller]
-fn ok(host: &Host, args: &[&str]) -> String {
-    let out = rs(host, args);
-    out.assert_success(&args.join(" "));
-    out.stdout
-}
 
 /// A cluster: `h1` manager (also runs tasks, as in Swarm), the other hosts workers; a registry on
 /// `h1` holding `test/bb` (busybox, CMD `sleep 1000`). Returns the daemons and the image name.

@@ -23,6 +23,7 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod registry;
 
 use std::collections::BTreeMap;

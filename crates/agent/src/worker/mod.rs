@@ -40,7 +40,7 @@ pub use spec::{
     container_name, create_request, labels, publish_arg, registry_credentials, stop_timeout,
     LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_NAME,
 };
-pub use state::{Desired, Progress, TaskState};
+pub use state::{parse_state, Desired, Progress, TaskState};
 
 use crate::engine::Engine;
 use runner::{Assignment, Runner};

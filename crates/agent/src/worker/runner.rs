@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::health::{HealthConfig, HealthTracker, Transition};
 use super::reporter::Report;
 use super::spec;
-use super::state::{Desired, Progress, TaskState};
+use super::state::{parse_state, Desired, Progress, TaskState};
 use crate::engine::{ContainerRecord, Engine, Status};
 
 /// What the worker tells a runner.
@@ -123,7 +123,7 @@ impl Runner {
         reports: mpsc::Sender<Report>,
         cancel: CancellationToken,
     ) -> Runner {
-        let known = TaskState::parse(task.status.as_ref().map_or("", |s| s.state.as_str()));
+        let known = parse_state(task.status.as_ref().map_or("", |s| s.state.as_str()));
         let health = spec::health_config(task.spec.as_ref());
         Runner {
             engine,
@@ -175,7 +175,7 @@ impl Runner {
         match update {
             Assignment::Task(t) => {
                 // What the manager recorded is a floor: never report below it.
-                let known = TaskState::parse(t.status.as_ref().map_or("", |s| s.state.as_str()));
+                let known = parse_state(t.status.as_ref().map_or("", |s| s.state.as_str()));
                 self.progress.advance(known);
                 self.task = *t;
             }

@@ -1,82 +1,10 @@
 //! Task states as the agent reports them, in swarmkit's order: a task's state only moves forward.
 
-use std::fmt;
+pub use rswarm_store::TaskState;
 
-/// One task state. The order of the variants is the order of a task's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TaskState {
-    New,
-    Pending,
-    Assigned,
-    Accepted,
-    Preparing,
-    Ready,
-    Starting,
-    Running,
-    Complete,
-    Shutdown,
-    Failed,
-    Rejected,
-    Remove,
-    Orphaned,
-}
-
-impl TaskState {
-    pub const ALL: [TaskState; 14] = [
-        TaskState::New,
-        TaskState::Pending,
-        TaskState::Assigned,
-        TaskState::Accepted,
-        TaskState::Preparing,
-        TaskState::Ready,
-        TaskState::Starting,
-        TaskState::Running,
-        TaskState::Complete,
-        TaskState::Shutdown,
-        TaskState::Failed,
-        TaskState::Rejected,
-        TaskState::Remove,
-        TaskState::Orphaned,
-    ];
-
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::New => "new",
-            TaskState::Pending => "pending",
-            TaskState::Assigned => "assigned",
-            TaskState::Accepted => "accepted",
-            TaskState::Preparing => "preparing",
-            TaskState::Ready => "ready",
-            TaskState::Starting => "starting",
-            TaskState::Running => "running",
-            TaskState::Complete => "complete",
-            TaskState::Shutdown => "shutdown",
-            TaskState::Failed => "failed",
-            TaskState::Rejected => "rejected",
-            TaskState::Remove => "remove",
-            TaskState::Orphaned => "orphaned",
-        }
-    }
-
-    /// Parses the wire spelling; an empty or unknown string is `New` (proto3's default).
-    pub fn parse(s: &str) -> TaskState {
-        TaskState::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .unwrap_or(TaskState::New)
-    }
-
-    /// Whether the task's run is over (it never runs again; a new task replaces it).
-    pub fn is_terminal(self) -> bool {
-        self >= TaskState::Complete
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Parses the wire spelling; an empty or unknown string is `New` (proto3's default).
+pub fn parse_state(s: &str) -> TaskState {
+    TaskState::parse(s).unwrap_or(TaskState::New)
 }
 
 /// What the manager wants of a task, from its `desired_state`.
@@ -94,7 +22,7 @@ pub enum Desired {
 
 impl Desired {
     pub fn from_wire(s: &str) -> Desired {
-        match TaskState::parse(s) {
+        match parse_state(s) {
             TaskState::Ready => Desired::Ready,
             s if s <= TaskState::Running => Desired::Running,
             s if s >= TaskState::Remove => Desired::Remove,
@@ -155,9 +83,9 @@ mod tests {
             assert!(w[0] < w[1]);
         }
         for s in TaskState::ALL {
-            assert_eq!(TaskState::parse(s.as_str()), s);
+            assert_eq!(parse_state(s.as_str()), s);
         }
-        assert_eq!(TaskState::parse(""), TaskState::New);
+        assert_eq!(parse_state(""), TaskState::New);
         assert!(TaskState::Complete.is_terminal());
         assert!(TaskState::Rejected.is_terminal());
         assert!(!TaskState::Running.is_terminal());
