@@ -6,54 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{lab, ok, rs_for};
-use common::registry::{busybox_image, Registry};
-use common::{Bin, Daemon, Lab};
-use rswarm_image::testutil::ImageSpec;
-
-/// A cluster: `h1` manager (also runs tasks), the other hosts workers; a registry on `h1` holding
-/// `test/bb` (busybox). Returns the daemons and the image name.
-struct Cluster {
-    image: String,
-    _registry: Registry,
-    daemons: Vec<Daemon>,
-}
-
-fn cluster(lab: &Lab, joined: usize) -> Cluster {
-    let h1 = lab.host(1);
-    let reg_addr = format!("{}:5000", h1.ip);
-    let registry = Registry::start(h1, "logs", &reg_addr, None);
-    let layout = h1.dir.join("layout-bb");
-    busybox_image(
-        &layout,
-        &ImageSpec {
-            cmd: vec!["sleep".into(), "1000".into()],
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            ..ImageSpec::default()
-        },
-    );
-    registry.push(h1, &layout, "test/bb:latest");
-    let (m, init) = h1.init(&["--insecure-registry", &reg_addr]);
-    let mut daemons = vec![m];
-    for k in 2..=joined {
-        daemons.push(lab.host(k).join_with(
-            &init.token,
-            &init.manager_addr,
-            &["--insecure-registry", &reg_addr],
-        ));
-    }
-    lab.wait_until(
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || h1.all_ready(joined),
-        "all nodes ready",
-    );
-    Cluster {
-        image: format!("{reg_addr}/test/bb:latest"),
-        _registry: registry,
-        daemons,
-    }
-}
+use common::cli::{lab, ok, rs_for, sleeper, TestCluster};
+use common::Bin;
 
 /// Lines of `text` with the prefix of a task of `service` on `node`.
 fn lines_from<'a>(text: &'a str, service: &str, node: &str) -> Vec<&'a str> {
@@ -72,7 +26,8 @@ fn service_logs_from_every_node_follow_down_node_and_events() {
     let Some(lab) = lab("svc_logs", 3) else {
         return;
     };
-    let c = cluster(&lab, 3);
+    let c = TestCluster::start(&lab, 3, &[("test/bb:latest", sleeper())]);
+    let image = c.image("test/bb:latest");
     let (h1, h3) = (lab.host(1), lab.host(3));
 
     // One task per node; each says hello (stdout), complains (stderr), then ticks every second.
@@ -89,7 +44,7 @@ fn service_logs_from_every_node_follow_down_node_and_events() {
             "3",
             "--replicas-max-per-node",
             "1",
-            &c.image,
+            &image,
             "sh",
             "-c",
             script,

@@ -8,9 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{lab, ok, rs};
-use common::registry::{busybox_image, Registry};
-use common::{Daemon, Host, Lab};
+use common::cli::{lab, ok, rs, TestCluster};
+use common::{Host, Lab};
 use rswarm_image::testutil::ImageSpec;
 use serde_json::Value;
 
@@ -32,14 +31,10 @@ struct Images {
 /// `h1` holding the test images.
 struct Cluster {
     img: Images,
-    _registry: Registry,
-    _daemons: Vec<Daemon>,
+    _c: TestCluster,
 }
 
 fn cluster(lab: &Lab) -> Cluster {
-    let h1 = lab.host(1);
-    let reg_addr = format!("{}:5000", h1.ip);
-    let registry = Registry::start(h1, "svcupd", &reg_addr, None);
     let serve = || {
         vec![
             "sh".to_string(),
@@ -47,54 +42,38 @@ fn cluster(lab: &Lab) -> Cluster {
             "trap 'exit 0' TERM; sleep 1000 & wait".to_string(),
         ]
     };
-    let images: [(&str, Vec<String>, &str); 4] = [
-        ("v1", serve(), "VERSION=1"),
-        ("v2", serve(), "VERSION=2"),
-        (
-            "crash",
-            vec!["sh".into(), "-c".into(), "exit 1".into()],
-            "VERSION=crash",
-        ),
-        ("nocmd", vec!["/no/such/program".into()], "VERSION=nocmd"),
-    ];
-    for (tag, cmd, version) in images {
-        let layout = h1.dir.join(format!("layout-{tag}"));
-        busybox_image(
-            &layout,
-            &ImageSpec {
-                cmd,
-                env: vec![PATH_ENV.into(), version.into()],
-                ..ImageSpec::default()
-            },
-        );
-        registry.push(h1, &layout, &format!("test/app:{tag}"));
-    }
-    let (m, init) = h1.init(&["--insecure-registry", &reg_addr]);
-    let mut daemons = vec![m];
-    let n = lab.hosts().len();
-    for k in 2..=n {
-        daemons.push(lab.host(k).join_with(
-            &init.token,
-            &init.manager_addr,
-            &["--insecure-registry", &reg_addr],
-        ));
-    }
-    lab.wait_until(
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || h1.all_ready(n),
-        "all nodes ready",
+    let image = |cmd: Vec<String>, version: &str| ImageSpec {
+        cmd,
+        env: vec![PATH_ENV.into(), version.into()],
+        ..ImageSpec::default()
+    };
+    let c = TestCluster::start(
+        lab,
+        lab.hosts().len(),
+        &[
+            ("test/app:v1", image(serve(), "VERSION=1")),
+            ("test/app:v2", image(serve(), "VERSION=2")),
+            (
+                "test/app:crash",
+                image(
+                    vec!["sh".into(), "-c".into(), "exit 1".into()],
+                    "VERSION=crash",
+                ),
+            ),
+            (
+                "test/app:nocmd",
+                image(vec!["/no/such/program".into()], "VERSION=nocmd"),
+            ),
+        ],
     );
-    let img = |tag: &str| format!("{reg_addr}/test/app:{tag}");
     Cluster {
         img: Images {
-            v1: img("v1"),
-            v2: img("v2"),
-            crash: img("crash"),
-            nocmd: img("nocmd"),
+            v1: c.image("test/app:v1"),
+            v2: c.image("test/app:v2"),
+            crash: c.image("test/app:crash"),
+            nocmd: c.image("test/app:nocmd"),
         },
-        _registry: registry,
-        _daemons: daemons,
+        _c: c,
     }
 }
 

@@ -7,72 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{lab, ok, rs};
-use common::registry::{busybox_image, Registry};
-use common::{Daemon, Host, Lab};
-use rswarm_image::testutil::ImageSpec;
+use common::cli::{lab, ok, rs, sleeper, TestCluster};
+use common::registry::Registry;
+use common::{Host, Lab};
 use serde_json::Value;
 
-/// A cluster: `h1` manager (also runs tasks, as in Swarm), the other hosts workers; a registry on
-/// `h1` holding `test/bb` (busybox, CMD `sleep 1000`). Returns the daemons and the image name.
-struct Cluster {
-    image: String,
-    token: String,
-    manager_addr: String,
-    reg_addr: String,
-    _registry: Registry,
-    daemons: Vec<Daemon>,
-}
-
-fn cluster(lab: &Lab, joined: usize) -> Cluster {
-    let h1 = lab.host(1);
-    let reg_addr = format!("{}:5000", h1.ip);
-    let registry = Registry::start(h1, "svc", &reg_addr, None);
-    let layout = h1.dir.join("layout-bb");
-    busybox_image(
-        &layout,
-        &ImageSpec {
-            cmd: vec!["sleep".into(), "1000".into()],
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            ..ImageSpec::default()
-        },
-    );
-    registry.push(h1, &layout, "test/bb:latest");
-    // :5001 is where a test may start a private registry.
-    let private_addr = format!("{}:5001", h1.ip);
-    let (m, init) = h1.init(&[
-        "--insecure-registry",
-        &reg_addr,
-        "--insecure-registry",
-        &private_addr,
-    ]);
-    let mut daemons = vec![m];
-    for k in 2..=joined {
-        daemons.push(lab.host(k).join_with(
-            &init.token,
-            &init.manager_addr,
-            &[
-                "--insecure-registry",
-                &reg_addr,
-                "--insecure-registry",
-                &private_addr,
-            ],
-        ));
-    }
-    lab.wait_until(
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || h1.all_ready(joined),
-        "all nodes ready",
-    );
-    Cluster {
-        image: format!("{reg_addr}/test/bb:latest"),
-        token: init.token,
-        manager_addr: init.manager_addr,
-        reg_addr,
-        _registry: registry,
-        daemons,
-    }
+/// The lab's cluster with `test/bb` (busybox, CMD `sleep 1000`), and that image's reference.
+fn cluster(lab: &Lab, joined: usize) -> (TestCluster, String) {
+    let c = TestCluster::start(lab, joined, &[("test/bb:latest", sleeper())]);
+    let image = c.image("test/bb:latest");
+    (c, image)
 }
 
 /// Containers on `host` whose name starts with `prefix.`, with their state.
@@ -126,7 +70,7 @@ fn services_spread_pin_replace_and_drain() {
     let Some(lab) = lab("svc_spread", 3) else {
         return;
     };
-    let c = cluster(&lab, 3);
+    let (c, image) = cluster(&lab, 3);
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
 
     // 6 replicas land 2/2/2; the CLI waits for convergence and says so.
@@ -141,7 +85,7 @@ fn services_spread_pin_replace_and_drain() {
             "6",
             "--update-monitor",
             "500ms",
-            &c.image,
+            &image,
         ],
     );
     out.assert_success("service create web");
@@ -174,7 +118,7 @@ fn services_spread_pin_replace_and_drain() {
             "3",
             "--constraint",
             "node.labels.zone==a",
-            &c.image,
+            &image,
         ],
     );
     lab.wait_until(
@@ -193,7 +137,7 @@ fn services_spread_pin_replace_and_drain() {
             "nowhere",
             "--constraint",
             "node.labels.zone==b",
-            &c.image,
+            &image,
         ],
     );
     assert!(!out.success(), "cannot converge: {out}");
@@ -275,7 +219,6 @@ fn services_spread_pin_replace_and_drain() {
         "service containers removed",
     );
     assert!(!ok(h1, &["service", "ls"]).contains("web"));
-    let _ = (&c.token, &c.manager_addr, &c.reg_addr);
 }
 
 #[test]
@@ -283,12 +226,12 @@ fn services_global_follows_nodes() {
     let Some(lab) = lab("svc_global", 3) else {
         return;
     };
-    let c = cluster(&lab, 2);
+    let (c, image) = cluster(&lab, 2);
     let h1 = lab.host(1);
     ok(
         h1,
         &[
-            "service", "create", "-d", "--name", "mon", "--mode", "global", &c.image,
+            "service", "create", "-d", "--name", "mon", "--mode", "global", &image,
         ],
     );
     lab.wait_until(
@@ -329,7 +272,7 @@ fn services_refuse_bad_input_and_use_registry_auth() {
     let Some(lab) = lab("svc_bad", 2) else {
         return;
     };
-    let c = cluster(&lab, 2);
+    let (c, image) = cluster(&lab, 2);
     let (h1, h2) = (lab.host(1), lab.host(2));
     let cases: &[(&[&str], &str)] = &[
         (
@@ -404,8 +347,8 @@ fn services_refuse_bad_input_and_use_registry_auth() {
         "nothing stored"
     );
     // A duplicate name.
-    ok(h1, &["service", "create", "-d", "--name", "dup", &c.image]);
-    let out = rs(h1, &["service", "create", "-d", "--name", "dup", &c.image]);
+    ok(h1, &["service", "create", "-d", "--name", "dup", &image]);
+    let out = rs(h1, &["service", "create", "-d", "--name", "dup", &image]);
     assert!(out.failed_cleanly(), "{out}");
     assert!(
         out.stderr.contains("dup") && out.stderr.contains("already"),
@@ -449,7 +392,7 @@ fn services_refuse_bad_input_and_use_registry_auth() {
         &format!("{}:5001", h1.ip),
         Some("alice:s3cret"),
     );
-    private.push(h1, &h1.dir.join("layout-bb"), "team/app:1");
+    private.push(h1, &c.layouts[0], "team/app:1");
     let app = format!("{}/team/app:1", private.addr);
     let docker_config = h1.dir.join("docker-config");
     std::fs::create_dir_all(&docker_config).unwrap();
