@@ -7,47 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{lab, ok, rs, sleeper, TestCluster};
+use common::cli::{containers, lab, ok, rs, running, sleeper, TestCluster};
 use common::registry::Registry;
 use common::{Host, Lab};
-use serde_json::Value;
 
 /// The lab's cluster with `test/bb` (busybox, CMD `sleep 1000`), and that image's reference.
 fn cluster(lab: &Lab, joined: usize) -> (TestCluster, String) {
     let c = TestCluster::start(lab, joined, &[("test/bb:latest", sleeper())]);
     let image = c.image("test/bb:latest");
     (c, image)
-}
-
-/// Containers on `host` whose name starts with `prefix.`, with their state.
-fn containers(host: &Host, prefix: &str) -> Vec<(String, String)> {
-    let out = rs(host, &["container", "ls", "-a", "--format", "json"]);
-    if !out.success() {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| {
-                    let name = c["Names"].as_str()?;
-                    name.starts_with(&format!("{prefix}.")).then(|| {
-                        (
-                            name.to_string(),
-                            c["State"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn running(host: &Host, prefix: &str) -> usize {
-    containers(host, prefix)
-        .iter()
-        .filter(|(_, s)| s == "running")
-        .count()
 }
 
 fn running_per_host(lab: &Lab, prefix: &str) -> Vec<usize> {

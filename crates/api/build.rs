@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rswarm/local/v1/local.proto",
         "rswarm/local/v1/engine.proto",
         "rswarm/raft/v1/raft.proto",
+        "rswarm/types/v1/network.proto",
         "rswarm/types/v1/service.proto",
     ];
     for f in &files {

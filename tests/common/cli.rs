@@ -114,3 +114,35 @@ pub fn sleeper() -> ImageSpec {
         ..ImageSpec::default()
     }
 }
+
+/// Containers on `host` whose name starts with `prefix.` (a service's tasks), with their state.
+pub fn containers(host: &Host, prefix: &str) -> Vec<(String, String)> {
+    let out = rs(host, &["container", "ls", "-a", "--format", "json"]);
+    if !out.success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| {
+                    let name = c["Names"].as_str()?;
+                    name.starts_with(&format!("{prefix}.")).then(|| {
+                        (
+                            name.to_string(),
+                            c["State"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many of a service's tasks run on `host`.
+pub fn running(host: &Host, prefix: &str) -> usize {
+    containers(host, prefix)
+        .iter()
+        .filter(|(_, s)| s == "running")
+        .count()
+}

@@ -13,12 +13,14 @@
 
 mod backoff;
 pub mod daemon;
+pub mod discovery;
 pub mod engine;
 mod error;
 pub mod ids;
 pub mod join;
 pub mod local;
 pub mod logs;
+pub mod netagent;
 pub mod node;
 pub mod renew;
 pub mod session;

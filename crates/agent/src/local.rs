@@ -171,6 +171,10 @@ forward! {
     list_services(control::ListServicesRequest) -> control::ListServicesResponse;
     remove_service(control::RemoveServiceRequest) -> control::RemoveServiceResponse;
     list_tasks(control::ListTasksRequest) -> control::ListTasksResponse;
+    create_network(control::CreateNetworkRequest) -> control::NetworkResponse;
+    get_network(control::GetNetworkRequest) -> control::NetworkResponse;
+    list_networks(control::ListNetworksRequest) -> control::ListNetworksResponse;
+    remove_network(control::RemoveNetworkRequest) -> control::RemoveNetworkResponse;
 }
 
 /// Whether a daemon was asked to leave.

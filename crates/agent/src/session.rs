@@ -35,8 +35,18 @@ const ASSIGNMENTS_RETRY: Duration = Duration::from_millis(200);
 /// Keeps a session open until `cancel` fires or the cluster removes the node, and runs `worker`
 /// (the node's tasks) until `cancel` fires.
 pub async fn run(ctx: Arc<NodeContext>, worker: Worker, cancel: CancellationToken) {
-    let (link, driver) = worker.start(ctx.config().node_id, cancel.clone());
-    tokio::join!(driver, sessions(ctx, link, cancel));
+    let config = ctx.config();
+    worker
+        .engine()
+        .set_cluster_networks(Arc::new(crate::netagent::SessionNetworks::new(ctx.clone())));
+    let (net_agent, nets, tables) =
+        crate::netagent::channel(worker.engine().clone(), &config.advertise_addr);
+    let (link, driver) = worker.start(config.node_id, nets, tables, cancel.clone());
+    tokio::join!(
+        driver,
+        net_agent.run(cancel.clone()),
+        sessions(ctx, link, cancel)
+    );
 }
 
 async fn sessions(ctx: Arc<NodeContext>, link: WorkerLink, cancel: CancellationToken) {
@@ -135,12 +145,21 @@ async fn one_session(
     // Service logs: the manager's log subscriptions for this node, for this session.
     let logs = crate::logs::listen(client.clone(), session_id.clone(), link.engine.clone());
     tokio::pin!(logs);
+    // Overlay networks: the node's network table, whole at every change.
+    let networks = crate::netagent::follow(
+        client.clone(),
+        session_id.clone(),
+        addr.to_string(),
+        link.tables.clone(),
+    );
+    tokio::pin!(networks);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             r = &mut assignments => return r,
-            // Never ends by itself; dropped with the session.
+            // Never end by themselves; dropped with the session.
             () = &mut logs => {}
+            () = &mut networks => {}
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
                     let p = apply(ctx, addr, &m);

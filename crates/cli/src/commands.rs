@@ -224,6 +224,11 @@ fn init(args: InitArgs) -> ExitCode {
         hostname: args.hostname.clone().unwrap_or_else(local_hostname),
         heartbeat: args.dispatcher_heartbeat,
         cert_expiry: args.cert_expiry,
+        network: rswarm_manager::bootstrap::NetworkDefaults {
+            addr_pools: args.default_addr_pool.clone(),
+            subnet_size: args.default_addr_pool_mask_length,
+            data_path_port: args.data_path_port,
+        },
     };
     // Fail before writing anything when the listener cannot be had.
     if let Err(e) = std::net::TcpListener::bind(args.listen_addr) {
@@ -337,6 +342,9 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
         // Flags are checked before connecting: a bad value is reported as such.
         return crate::service_cmds::run(global, cmd).await;
     }
+    if let Command::Network(cmd) = command {
+        return crate::network_cmds::run(global, cmd).await;
+    }
     if let Command::Events(a) = &command {
         crate::events::request(a, 0)?;
     }
@@ -379,7 +387,7 @@ async fn client_command(global: &Global, command: Command) -> anyhow::Result<()>
         }
         Command::Node(cmd) => node_command(&channel, &mut control, cmd).await?,
         Command::Events(a) => crate::events::run(&mut control, a).await?,
-        Command::Service(_) => unreachable!("handled before connecting"),
+        Command::Service(_) | Command::Network(_) => unreachable!("handled before connecting"),
         Command::Info { format } => {
             let json_out = wants_json(&format)?;
             let info = LocalClient::new(channel)

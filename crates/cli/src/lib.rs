@@ -9,6 +9,9 @@ pub mod commands;
 pub mod engine_args;
 pub mod engine_cmds;
 pub mod events;
+pub mod network_args;
+pub mod network_cmds;
+pub mod network_output;
 pub mod output;
 pub mod progress;
 pub mod service_args;
@@ -79,6 +82,9 @@ pub enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(crate::service_args::ServiceCommand),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(crate::network_args::NetworkCommand),
     /// Stream the cluster's events (services, nodes, tasks).
     Events(crate::events::EventsArgs),
     /// Show this node's cluster membership.
@@ -262,6 +268,15 @@ pub struct InitArgs {
     /// Lifetime of node certificates (renewed at 50-80 % of it).
     #[arg(long, default_value = "2160h", value_parser = humantime::parse_duration)]
     pub cert_expiry: std::time::Duration,
+    /// Address pool overlay subnets are cut from (CIDR; repeatable; default 10.0.0.0/8).
+    #[arg(long, value_name = "CIDR")]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of the subnets cut from the pools (default 24).
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    pub default_addr_pool_mask_length: u8,
+    /// UDP port of the VXLAN data path (default 4789).
+    #[arg(long, value_name = "PORT", default_value_t = 4789)]
+    pub data_path_port: u16,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }

@@ -172,6 +172,9 @@ pub fn info_json(i: &InfoResponse, cluster: Option<&GetClusterResponse>) -> Valu
             "ca_digest": c.ca_digest,
             "raft_index": c.raft_index,
             "created_at": c.created_at,
+            "default_addr_pool": c.default_addr_pool,
+            "subnet_size": c.subnet_size,
+            "data_path_port": c.data_path_port,
         });
     }
     v
@@ -212,6 +215,20 @@ pub fn info_text(i: &InfoResponse, cluster: Option<&GetClusterResponse>) -> Stri
         let _ = writeln!(out, "  Root CA Digest: {}", c.ca_digest);
         let _ = writeln!(out, " Raft:");
         let _ = writeln!(out, "  Applied Index: {}", c.raft_index);
+        // Docker's lines for the overlay address pool and the VXLAN port.
+        if !c.default_addr_pool.is_empty() {
+            let _ = writeln!(
+                out,
+                " Default Address Pool: {}",
+                c.default_addr_pool.join(" ")
+            );
+        }
+        if c.subnet_size != 0 {
+            let _ = writeln!(out, " SubnetSize: {}", c.subnet_size);
+        }
+        if c.data_path_port != 0 {
+            let _ = writeln!(out, " Data Path Port: {}", c.data_path_port);
+        }
     }
     let _ = writeln!(out, "Name: {}", i.hostname);
     let _ = writeln!(out, "Server Version: {}", i.version);
@@ -271,6 +288,30 @@ mod tests {
         let v = node_json(&node("a", "h", "ready", ""), "a");
         assert_eq!(v["self"], true);
         assert_eq!(v["status"], "ready");
+    }
+
+    #[test]
+    fn info_shows_the_overlay_address_pool() {
+        let info = InfoResponse {
+            is_manager: true,
+            ..InfoResponse::default()
+        };
+        let cluster = GetClusterResponse {
+            default_addr_pool: vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()],
+            subnet_size: 24,
+            data_path_port: 4789,
+            ..GetClusterResponse::default()
+        };
+        let t = info_text(&info, Some(&cluster));
+        assert!(
+            t.contains(
+                " Default Address Pool: 10.0.0.0/8 192.168.0.0/16\n SubnetSize: 24\n Data Path Port: 4789\n"
+            ),
+            "{t}"
+        );
+        let v = info_json(&info, Some(&cluster));
+        assert_eq!(v["cluster"]["data_path_port"], 4789);
+        assert_eq!(v["cluster"]["default_addr_pool"][1], "192.168.0.0/16");
     }
 
     #[test]

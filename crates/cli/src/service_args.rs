@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use rswarm_api::types::v1::{
-    HealthCheck, Mount, PortConfig, RestartPolicy, ServiceSpec, TaskSpec, UpdateConfig,
+    HealthCheck, Mount, Network, NetworkAttachmentConfig, PortConfig, RestartPolicy, ServiceSpec,
+    TaskSpec, UpdateConfig,
 };
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +204,9 @@ pub struct TaskFlags {
     /// Send registry authentication details (from ~/.docker/config.json) to the nodes.
     #[arg(long)]
     pub with_registry_auth: bool,
+    /// Endpoint mode: vip (one virtual IP per network, the default) or dnsrr (DNS round robin).
+    #[arg(long, value_parser = parse_endpoint_mode)]
+    pub endpoint_mode: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -239,6 +243,9 @@ pub struct CreateArgs {
     /// Add a placement preference: spread=node.labels.KEY.
     #[arg(long, value_parser = parse_placement_pref)]
     pub placement_pref: Vec<String>,
+    /// Attach to an overlay network: NAME|ID or name=NAME,alias=A[,alias=B…].
+    #[arg(long, value_parser = parse_network, value_name = "NETWORK")]
+    pub network: Vec<NetworkAttachmentConfig>,
     #[command(flatten)]
     pub task: TaskFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -308,6 +315,12 @@ pub struct UpdateArgs {
     /// Remove a published port by its target port: TARGET[/PROTOCOL].
     #[arg(long, value_name = "TARGET[/PROTOCOL]")]
     pub publish_rm: Vec<String>,
+    /// Add a network: NAME|ID or name=NAME,alias=A[,alias=B…].
+    #[arg(long, value_parser = parse_network, value_name = "NETWORK")]
+    pub network_add: Vec<NetworkAttachmentConfig>,
+    /// Remove a network by its name or id.
+    #[arg(long, value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
     #[command(flatten)]
     pub task: TaskFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -619,6 +632,64 @@ pub fn parse_placement_pref(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--endpoint-mode vip|dnsrr` (any case, as Docker lowercases it).
+pub fn parse_endpoint_mode(s: &str) -> Result<String, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        m @ ("vip" | "dnsrr") => Ok(m.to_string()),
+        _ => Err(format!(
+            "invalid endpoint mode {s:?}: use vip (a virtual IP per network) or dnsrr (DNS round robin)"
+        )),
+    }
+}
+
+/// `--network NAME|ID` or Docker's long syntax `--network name=NAME,alias=A,alias=B` (`target=`
+/// is taken for `name=`). The target is kept as typed: the manager resolves names to ids.
+pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig, String> {
+    let mut n = NetworkAttachmentConfig::default();
+    if !s.contains('=') {
+        n.target = s.trim().to_string();
+    } else {
+        for field in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let Some((key, value)) = field.split_once('=') else {
+                return Err(format!(
+                    "invalid network {s:?}: {field:?} is not key=value; use name=NET[,alias=A]"
+                ));
+            };
+            let value = value.trim();
+            match key.trim().to_ascii_lowercase().as_str() {
+                "name" | "target" => n.target = value.to_string(),
+                "alias" => {
+                    if value.is_empty() {
+                        return Err(format!("invalid network {s:?}: alias= needs a name"));
+                    }
+                    n.aliases.push(value.to_string());
+                }
+                "driver-opt" => {
+                    return Err(format!(
+                        "invalid network {s:?}: driver-opt is not supported for overlay attachments; leave it out"
+                    ))
+                }
+                other @ ("ip" | "ip6" | "link-local-ip" | "mac-address" | "gw-priority") => {
+                    return Err(format!(
+                        "invalid network {s:?}: {other} cannot be set for a service: the manager gives each task its address"
+                    ))
+                }
+                other => {
+                    return Err(format!(
+                        "invalid network {s:?}: unknown field {other:?}: use name (or target) and alias"
+                    ))
+                }
+            }
+        }
+    }
+    if n.target.is_empty() {
+        return Err(format!(
+            "invalid network {s:?}: the network is missing; use NAME or name=NAME[,alias=A]"
+        ));
+    }
+    Ok(n)
+}
+
 /// Splits a command line as a POSIX shell would (quotes and backslashes; no expansions).
 pub fn shell_words(s: &str) -> anyhow::Result<Vec<String>> {
     let mut words = Vec::new();
@@ -720,6 +791,7 @@ pub fn default_spec() -> ServiceSpec {
         }),
         update: Some(default_update_config()),
         rollback: Some(default_update_config()),
+        endpoint_mode: "vip".into(),
         ..ServiceSpec::default()
     }
 }
@@ -773,6 +845,9 @@ fn task_mut(spec: &mut ServiceSpec) -> &mut TaskSpec {
 /// Applies the flags create and update share to `spec` (only those given).
 pub fn apply_task_flags(spec: &mut ServiceSpec, f: &TaskFlags) -> anyhow::Result<()> {
     let global = spec.mode == "global";
+    if let Some(m) = &f.endpoint_mode {
+        spec.endpoint_mode = m.clone();
+    }
     if let Some(n) = f.replicas {
         if global {
             bail!("--replicas can only be used with replicated mode");
@@ -1001,8 +1076,78 @@ pub fn create_spec(
         p.preferences = a.placement_pref.clone();
     }
     check_duplicate_mounts(&task_mut(&mut spec).mounts)?;
+    for n in &a.network {
+        if task_mut(&mut spec)
+            .networks
+            .iter()
+            .any(|o| o.target == n.target)
+        {
+            bail!(
+                "network {} is given twice: attach to each network once (several aliases go in one flag: --network name={},alias=A,alias=B)",
+                n.target,
+                n.target
+            );
+        }
+        task_mut(&mut spec).networks.push(n.clone());
+    }
     apply_task_flags(&mut spec, &a.task)?;
+    check_endpoint_mode(&spec)?;
     Ok(spec)
+}
+
+/// Docker refuses published ports with DNS round robin ("port published with ingress mode can't
+/// be used with dnsrr mode").
+fn check_endpoint_mode(spec: &ServiceSpec) -> anyhow::Result<()> {
+    if spec.endpoint_mode == "dnsrr" && !spec.ports.is_empty() {
+        let ports: Vec<String> = spec
+            .ports
+            .iter()
+            .map(crate::service_output::port_text)
+            .collect();
+        bail!(
+            "published ports ({}) can't be used with endpoint mode dnsrr (docker: \"port published with ingress mode can't be used with dnsrr mode\"): use --endpoint-mode vip, or publish no ports",
+            ports.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `--network-rm` then `--network-add` applied to a task's networks (Docker's order, so a network
+/// can be re-added with other aliases). `known` is every network of the cluster, to match names
+/// against the ids the manager stores; `None` (checking flags before connecting) matches targets
+/// as typed and reports nothing unknown.
+pub fn update_networks(
+    networks: &mut Vec<NetworkAttachmentConfig>,
+    add: &[NetworkAttachmentConfig],
+    rm: &[String],
+    known: Option<&[Network]>,
+) -> anyhow::Result<()> {
+    let canonical = |target: &str| -> String {
+        known
+            .and_then(|k| crate::network_args::resolve(target, k))
+            .map_or_else(|| target.to_string(), |n| n.id.clone())
+    };
+    for key in rm {
+        let id = canonical(key);
+        let before = networks.len();
+        networks.retain(|n| n.target != *key && canonical(&n.target) != id);
+        let resolved = known.is_some_and(|k| crate::network_args::resolve(key, k).is_some());
+        if known.is_some() && networks.len() == before && !resolved {
+            bail!("no such network: {key}");
+        }
+    }
+    for n in add {
+        let id = canonical(&n.target);
+        if networks.iter().any(|o| canonical(&o.target) == id) {
+            bail!(
+                "service is already attached to network {}: to change its aliases, give --network-rm {} with --network-add",
+                n.target,
+                n.target
+            );
+        }
+        networks.push(n.clone());
+    }
+    Ok(())
 }
 
 fn check_duplicate_ports(ports: &[PortConfig]) -> anyhow::Result<()> {
@@ -1035,10 +1180,14 @@ fn check_duplicate_mounts(mounts: &[Mount]) -> anyhow::Result<()> {
 }
 
 /// `service update` flags applied to the service's current spec.
+///
+/// `known_networks`: the cluster's networks for `--network-add`/`--network-rm` (see
+/// [`update_networks`]); `None` when checking the flags before connecting.
 pub fn apply_update(
     spec: &mut ServiceSpec,
     a: &UpdateArgs,
     lookup: &dyn Fn(&str) -> Option<String>,
+    known_networks: Option<&[Network]>,
 ) -> anyhow::Result<()> {
     if let Some(image) = &a.image {
         validate_image(image)?;
@@ -1119,10 +1268,17 @@ pub fn apply_update(
             }
         }
     }
+    update_networks(
+        &mut t.networks,
+        &a.network_add,
+        &a.network_rm,
+        known_networks,
+    )?;
     if a.force {
         t.force_update = t.force_update.wrapping_add(1);
     }
     apply_task_flags(spec, &a.task)?;
+    check_endpoint_mode(spec)?;
     Ok(())
 }
 
@@ -1292,7 +1448,7 @@ mod tests {
         let Command::Service(ServiceCommand::Update(a)) = cli.command else {
             panic!("not an update");
         };
-        apply_update(spec, &a, &no_env)?;
+        apply_update(spec, &a, &no_env, None)?;
         Ok(*a)
     }
 
@@ -1613,6 +1769,171 @@ mod tests {
             image_registry("localhost:5000/a/b:1").unwrap(),
             "localhost:5000"
         );
+    }
+
+    #[test]
+    fn network_flags_short_and_long_syntax() {
+        let n = parse_network("web-net").unwrap();
+        assert_eq!((n.target.as_str(), n.aliases.len()), ("web-net", 0));
+        let n = parse_network("name=back,alias=db,alias=primary").unwrap();
+        assert_eq!(n.target, "back");
+        assert_eq!(n.aliases, ["db", "primary"]);
+        let n = parse_network("alias=db,target=abc123").unwrap();
+        assert_eq!(
+            (n.target.as_str(), n.aliases.as_slice()),
+            ("abc123", &["db".to_string()][..])
+        );
+        let err = |s: &str| parse_network(s).unwrap_err();
+        assert!(err("").contains("network is missing"));
+        assert!(err("alias=db").contains("network is missing"));
+        assert!(err("name=back,db").contains("not key=value"));
+        assert!(err("name=back,alias=").contains("alias= needs a name"));
+        assert!(err("name=back,color=red").contains("unknown field \"color\""));
+        assert!(err("name=back,driver-opt=x=y").contains("driver-opt"));
+        assert!(err("name=back,ip=10.0.0.5").contains("gives each task its address"));
+        let s = create_line("--network front --network name=back,alias=db nginx").unwrap();
+        let nets = &s.task.as_ref().unwrap().networks;
+        assert_eq!(nets.len(), 2);
+        assert_eq!(
+            (nets[0].target.as_str(), nets[1].target.as_str()),
+            ("front", "back")
+        );
+        assert_eq!(nets[1].aliases, ["db"]);
+        assert!(format!(
+            "{:#}",
+            create_line("--network a --network name=a,alias=x nginx").unwrap_err()
+        )
+        .contains("network a is given twice"));
+        assert!(create(&["--network", "name=x,bogus=1", "nginx"]).is_err());
+    }
+
+    #[test]
+    fn endpoint_modes() {
+        assert_eq!(create_line("nginx").unwrap().endpoint_mode, "vip");
+        assert_eq!(
+            create_line("--endpoint-mode dnsrr nginx")
+                .unwrap()
+                .endpoint_mode,
+            "dnsrr"
+        );
+        assert_eq!(
+            create_line("--endpoint-mode VIP nginx")
+                .unwrap()
+                .endpoint_mode,
+            "vip"
+        );
+        let e = format!("{:#}", create_line("--endpoint-mode rr nginx").unwrap_err());
+        assert!(e.contains("invalid endpoint mode \"rr\""), "{e}");
+        let e = format!(
+            "{:#}",
+            create_line("--endpoint-mode dnsrr -p 8080:80 nginx").unwrap_err()
+        );
+        assert!(e.contains("can't be used with endpoint mode dnsrr"), "{e}");
+        assert!(e.contains("*:8080->80/tcp"), "{e}");
+        // Update: checked against the resulting spec.
+        let mut s = create_line("-p 8080:80 nginx").unwrap();
+        assert!(update(&mut s, &["--endpoint-mode", "dnsrr"]).is_err());
+        update(&mut s, &["--endpoint-mode", "dnsrr", "--publish-rm", "80"]).unwrap();
+        assert_eq!(s.endpoint_mode, "dnsrr");
+        assert!(update(&mut s, &["--publish-add", "9090:90"]).is_err());
+        update(
+            &mut s,
+            &["--endpoint-mode", "vip", "--publish-add", "9090:90"],
+        )
+        .unwrap();
+        assert_eq!((s.endpoint_mode.as_str(), s.ports.len()), ("vip", 1));
+    }
+
+    fn known_network(id: &str, name: &str) -> Network {
+        Network {
+            id: id.into(),
+            spec: Some(rswarm_api::types::v1::NetworkSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Network::default()
+        }
+    }
+
+    fn attach(target: &str, aliases: &[&str]) -> NetworkAttachmentConfig {
+        NetworkAttachmentConfig {
+            target: target.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn network_add_and_rm_merge_into_the_stored_spec() {
+        let known = [
+            known_network("id-front", "front"),
+            known_network("id-back", "back"),
+            known_network("id-spare", "spare"),
+        ];
+        // Stored as ids; removed by name, id or id prefix; added as typed.
+        let mut nets = vec![attach("id-front", &[]), attach("id-back", &["db"])];
+        update_networks(
+            &mut nets,
+            &[attach("spare", &["s"])],
+            &["front".into()],
+            Some(&known),
+        )
+        .unwrap();
+        assert_eq!(nets, [attach("id-back", &["db"]), attach("spare", &["s"])]);
+        // Re-adding after removing changes the aliases.
+        update_networks(
+            &mut nets,
+            &[attach("back", &["cache"])],
+            &["id-b".into()],
+            Some(&known),
+        )
+        .unwrap();
+        assert_eq!(nets, [attach("spare", &["s"]), attach("back", &["cache"])]);
+        // Already attached (by another spelling): refused.
+        let e = update_networks(
+            &mut nets.clone(),
+            &[attach("id-back", &[])],
+            &[],
+            Some(&known),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("already attached to network id-back"), "{e}");
+        // Unknown to the cluster and not attached: refused; known but not attached: nothing.
+        let e = update_networks(&mut nets.clone(), &[], &["nope".into()], Some(&known))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "no such network: nope");
+        update_networks(&mut nets, &[], &["front".into()], Some(&known)).unwrap();
+        assert_eq!(nets.len(), 2);
+        // Before connecting: targets as typed, nothing unknown.
+        let mut nets = vec![attach("front", &[])];
+        update_networks(
+            &mut nets,
+            &[attach("back", &[])],
+            &["front".into(), "x".into()],
+            None,
+        )
+        .unwrap();
+        assert_eq!(nets, [attach("back", &[])]);
+        assert!(update_networks(&mut nets, &[attach("back", &[])], &[], None).is_err());
+        // Through the flags.
+        let mut s = create_line("--network front nginx").unwrap();
+        update_line(
+            &mut s,
+            "--network-add name=back,alias=db --network-add spare --network-rm front",
+        )
+        .unwrap();
+        let targets: Vec<String> = s
+            .task
+            .unwrap()
+            .networks
+            .into_iter()
+            .map(|n| n.target)
+            .collect();
+        assert_eq!(targets, ["back", "spare"]);
+        let mut s = create_line("nginx").unwrap();
+        let a = update(&mut s, &["--network-rm", "x"]).unwrap();
+        assert!(a.changes_anything());
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub fn precheck(cmd: &ServiceCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            apply_update(&mut default_spec(), a, &env_lookup)
+            apply_update(&mut default_spec(), a, &env_lookup, None)
         }
         ServiceCommand::Scale { scales, .. } => parse_scales(scales).map(|_| ()),
         ServiceCommand::Ls { format, .. }
@@ -149,7 +149,14 @@ pub async fn service_command(channel: Channel, cmd: ServiceCommand) -> anyhow::R
                 return Ok(());
             }
             let mut spec = svc.spec.clone().unwrap_or_default();
-            apply_update(&mut spec, &a, &env_lookup)?;
+            // Names given to --network-add/--network-rm are matched against the ids stored in the
+            // spec through the cluster's networks.
+            let known = if a.network_add.is_empty() && a.network_rm.is_empty() {
+                None
+            } else {
+                Some(crate::network_cmds::list_networks(&mut control).await?)
+            };
+            apply_update(&mut spec, &a, &env_lookup, known.as_deref())?;
             if a.task.with_registry_auth {
                 let image = spec.task.as_ref().map_or("", |t| t.image.as_str());
                 let auth = registry_auth(image)?;
@@ -234,7 +241,11 @@ pub async fn service_command(channel: Channel, cmd: ServiceCommand) -> anyhow::R
                 found.push(get_service(&mut control, s).await?);
             }
             if pretty {
-                let blocks: Vec<String> = found.iter().map(out::service_pretty).collect();
+                let names = network_names(&mut control, &found).await;
+                let blocks: Vec<String> = found
+                    .iter()
+                    .map(|s| out::service_pretty(s, &names))
+                    .collect();
                 print(&blocks.join("\n"));
             } else {
                 let v: Vec<_> = found.iter().map(out::service_json).collect();
@@ -246,6 +257,34 @@ pub async fn service_command(channel: Channel, cmd: ServiceCommand) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// Network id → name for the networks of `services` (their VIPs name them; the others are asked
+/// of the manager). Ids are shown as they are when the manager cannot say.
+async fn network_names(
+    control: &mut ControlClient<Channel>,
+    services: &[Service],
+) -> HashMap<String, String> {
+    let mut names: HashMap<String, String> = services
+        .iter()
+        .flat_map(|s| &s.virtual_ips)
+        .filter(|v| !v.network_name.is_empty())
+        .map(|v| (v.network_id.clone(), v.network_name.clone()))
+        .collect();
+    let missing = services
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.task.as_ref())
+        .flat_map(|t| &t.networks)
+        .any(|n| !names.contains_key(&n.target));
+    if missing {
+        if let Ok(networks) = crate::network_cmds::list_networks(control).await {
+            for n in networks {
+                let name = n.spec.map(|s| s.name).unwrap_or_default();
+                names.entry(n.id).or_insert(name);
+            }
+        }
+    }
+    names
 }
 
 /// `SERVICE=REPLICAS` arguments, all checked before anything is sent.
@@ -538,7 +577,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use rswarm_api::control::v1::control_server::{Control, ControlServer};
-    use rswarm_api::types::v1::{Task, TaskStatus};
+    use rswarm_api::types::v1::{Network, Task, TaskStatus};
     use tonic::{Request, Response, Status};
 
     use super::*;
@@ -552,6 +591,21 @@ mod tests {
         polls: Mutex<u32>,
         unschedulable: bool,
         calls: Mutex<Vec<String>>,
+        networks: Mutex<Vec<Network>>,
+    }
+
+    impl Manager {
+        /// Network names → ids, as the manager stores attachments.
+        fn resolve_networks(&self, spec: &mut ServiceSpec) -> Result<(), Status> {
+            let networks = self.networks.lock().unwrap();
+            for n in &mut spec.task.as_mut().unwrap().networks {
+                n.target = crate::network_args::resolve(&n.target, &networks)
+                    .ok_or_else(|| Status::not_found(format!("network {} not found", n.target)))?
+                    .id
+                    .clone();
+            }
+            Ok(())
+        }
     }
 
     fn log(m: &Manager, call: &str) {
@@ -631,6 +685,7 @@ mod tests {
         ) -> Result<Response<pb::ServiceResponse>, Status> {
             log(&self.0, "create");
             let mut spec = req.into_inner().spec.unwrap();
+            self.0.resolve_networks(&mut spec)?;
             spec.update.as_mut().unwrap().monitor_ms = 300;
             let svc = Service {
                 id: format!("svc{}", self.0.services.lock().unwrap().len()),
@@ -656,7 +711,11 @@ mod tests {
             if r.version != svc.version {
                 return Err(Status::failed_precondition("version"));
             }
-            svc.spec = r.spec;
+            let mut spec = r.spec;
+            if let Some(spec) = spec.as_mut() {
+                self.0.resolve_networks(spec)?;
+            }
+            svc.spec = spec;
             svc.version += 1;
             Ok(Response::new(pb::ServiceResponse {
                 service: Some(svc.clone()),
@@ -699,6 +758,78 @@ mod tests {
                 return Err(Status::not_found(format!("no such service: {key}")));
             }
             Ok(Response::new(pb::RemoveServiceResponse { id: key }))
+        }
+        async fn create_network(
+            &self,
+            req: Request<pb::CreateNetworkRequest>,
+        ) -> Result<Response<pb::NetworkResponse>, Status> {
+            let spec = req.into_inner().spec.unwrap();
+            let mut networks = self.0.networks.lock().unwrap();
+            let network = Network {
+                id: format!("{:x<25}", format!("n{}{}", networks.len(), spec.name)),
+                subnet: if spec.subnet.is_empty() {
+                    format!("10.0.{}.0/24", networks.len())
+                } else {
+                    spec.subnet.clone()
+                },
+                vni: 4096 + networks.len() as u32,
+                spec: Some(spec),
+                ..Network::default()
+            };
+            networks.push(network.clone());
+            Ok(Response::new(pb::NetworkResponse {
+                network: Some(network),
+            }))
+        }
+        async fn get_network(
+            &self,
+            req: Request<pb::GetNetworkRequest>,
+        ) -> Result<Response<pb::NetworkResponse>, Status> {
+            let key = req.into_inner().network;
+            let networks = self.0.networks.lock().unwrap();
+            let network = crate::network_args::resolve(&key, &networks)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("network {key} not found")))?;
+            Ok(Response::new(pb::NetworkResponse {
+                network: Some(network),
+            }))
+        }
+        async fn list_networks(
+            &self,
+            _: Request<pb::ListNetworksRequest>,
+        ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+            Ok(Response::new(pb::ListNetworksResponse {
+                networks: self.0.networks.lock().unwrap().clone(),
+            }))
+        }
+        async fn remove_network(
+            &self,
+            req: Request<pb::RemoveNetworkRequest>,
+        ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+            let key = req.into_inner().network;
+            let mut networks = self.0.networks.lock().unwrap();
+            let network = crate::network_args::resolve(&key, &networks)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("network {key} not found")))?;
+            let name = network.spec.clone().unwrap().name;
+            for svc in self.0.services.lock().unwrap().iter() {
+                let sp = svc.spec.as_ref().unwrap();
+                if sp
+                    .task
+                    .as_ref()
+                    .unwrap()
+                    .networks
+                    .iter()
+                    .any(|n| n.target == network.id)
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "network {name} is in use by service {}",
+                        sp.name
+                    )));
+                }
+            }
+            networks.retain(|n| n.id != network.id);
+            Ok(Response::new(pb::RemoveNetworkResponse { id: network.id }))
         }
         async fn list_tasks(
             &self,
@@ -834,6 +965,159 @@ mod tests {
             .await
             .unwrap();
         assert!(manager.services.lock().unwrap().is_empty());
+    }
+
+    fn net(args: &[&str]) -> crate::network_args::NetworkCommand {
+        let mut argv = vec!["rswarm", "network"];
+        argv.extend(args);
+        match <crate::Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap()
+            .command
+        {
+            crate::Command::Network(c) => c,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn net_run(channel: &Channel, args: &[&str]) -> (String, anyhow::Result<()>) {
+        let mut text = String::new();
+        let cmd = net(args);
+        crate::network_cmds::precheck(&cmd).unwrap();
+        let r = crate::network_cmds::network_command(
+            &mut ControlClient::new(channel.clone()),
+            cmd,
+            &mut text,
+        )
+        .await;
+        (text, r)
+    }
+
+    #[tokio::test]
+    async fn networks_and_the_services_on_them() {
+        let manager = Arc::new(Manager::default());
+        let (_dir, channel) = serve(manager.clone()).await;
+        let (text, r) = net_run(&channel, &["create", "--subnet", "10.0.9.0/24", "front"]).await;
+        r.unwrap();
+        let front = manager.networks.lock().unwrap()[0].clone();
+        assert_eq!(text, format!("{}\n", front.id));
+        assert_eq!(front.spec.as_ref().unwrap().subnet, "10.0.9.0/24");
+        net_run(&channel, &["create", "-o", "mtu=1400", "back"])
+            .await
+            .1
+            .unwrap();
+        let back_id = manager.networks.lock().unwrap()[1].id.clone();
+
+        let (text, r) = net_run(&channel, &["ls"]).await;
+        r.unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap())
+            .collect();
+        assert_eq!(names, ["ID", "back", "front"]);
+        let (text, _) = net_run(&channel, &["ls", "-q", "--filter", "name=fr"]).await;
+        assert_eq!(text, format!("{}\n", short_id(&front.id)));
+
+        // Found networks are printed, then the unknown ones reported.
+        let (text, r) = net_run(&channel, &["inspect", "front", "nope", "back"]).await;
+        assert_eq!(r.unwrap_err().to_string(), "no such network: nope");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v[0]["Name"], "front");
+        assert_eq!(v[1]["Options"]["com.docker.network.driver.mtu"], "1400");
+
+        // Names go to the manager as typed; it stores ids.
+        service_command(
+            channel.clone(),
+            parse(&[
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "--network",
+                "front",
+                "--network",
+                "name=back,alias=db,alias=primary",
+                "--endpoint-mode",
+                "dnsrr",
+                "busybox",
+            ]),
+        )
+        .await
+        .unwrap();
+        let stored = |m: &Manager| {
+            let s = m.services.lock().unwrap()[0].spec.clone().unwrap();
+            (s.endpoint_mode.clone(), s.task.unwrap().networks)
+        };
+        let (mode, nets) = stored(&manager);
+        assert_eq!(mode, "dnsrr");
+        let targets: Vec<&str> = nets.iter().map(|n| n.target.as_str()).collect();
+        assert_eq!(targets, [front.id.as_str(), back_id.as_str()]);
+        assert_eq!(nets[1].aliases, ["db", "primary"]);
+
+        // In use: reported, the others still removed.
+        net_run(&channel, &["create", "spare"]).await.1.unwrap();
+        let (text, r) = net_run(&channel, &["rm", "back", "spare"]).await;
+        assert_eq!(text, "spare\n");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "Error response from daemon: network back is in use by service web"
+        );
+        let (text, r) = net_run(&channel, &["rm", "nope"]).await;
+        assert_eq!(
+            (text.as_str(), r.unwrap_err().to_string().as_str()),
+            ("", "no such network: nope")
+        );
+        net_run(&channel, &["rm", "-f", "nope"]).await.1.unwrap();
+
+        // --network-rm by name against the stored id; --network-add re-adds with new aliases.
+        service_command(
+            channel.clone(),
+            parse(&[
+                "update",
+                "-d",
+                "--network-rm",
+                "front",
+                "--network-rm",
+                "back",
+                "--network-add",
+                "name=back,alias=cache",
+                "--endpoint-mode",
+                "vip",
+                "web",
+            ]),
+        )
+        .await
+        .unwrap();
+        let (mode, nets) = stored(&manager);
+        assert_eq!(mode, "vip");
+        assert_eq!(nets.len(), 1);
+        assert_eq!(
+            (nets[0].target.as_str(), nets[0].aliases.as_slice()),
+            (back_id.as_str(), &["cache".to_string()][..])
+        );
+        let e = service_command(
+            channel.clone(),
+            parse(&["update", "-d", "--network-add", "back", "web"]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("already attached to network back"), "{e}");
+        let e = service_command(
+            channel.clone(),
+            parse(&["update", "-d", "--network-rm", "nope", "web"]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "no such network: nope");
+        // front is free again.
+        let (text, r) = net_run(&channel, &["rm", "front"]).await;
+        r.unwrap();
+        assert_eq!(text, "front\n");
+    }
+
+    fn short_id(id: &str) -> String {
+        id.chars().take(12).collect()
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use rswarm_api::types::v1::{PortConfig, Service, ServiceSpec, Task, UpdateConfig};
+use rswarm_api::types::v1::{
+    NetworkAttachmentConfig, PortConfig, Service, ServiceSpec, Task, UpdateConfig,
+};
 use serde_json::{json, Value};
 
 use crate::output::{table, title};
@@ -343,19 +345,54 @@ fn spec_json(sp: &ServiceSpec) -> Value {
                 "Platforms": p.platforms,
             },
             "ForceUpdate": t.force_update,
+            "Networks": networks_json(&t.networks),
         },
         "Mode": mode,
         "UpdateConfig": update_json(&sp.update),
         "RollbackConfig": update_json(&sp.rollback),
-        "EndpointSpec": {
-            "Ports": sp.ports.iter().map(|p| json!({
+        "EndpointSpec": endpoint_spec_json(sp),
+    })
+}
+
+/// `vip` unless the spec says otherwise (specs stored before endpoint modes existed say nothing).
+pub fn endpoint_mode(sp: &ServiceSpec) -> &str {
+    if sp.endpoint_mode.is_empty() {
+        "vip"
+    } else {
+        &sp.endpoint_mode
+    }
+}
+
+fn ports_json(ports: &[PortConfig]) -> Vec<Value> {
+    ports
+        .iter()
+        .map(|p| {
+            json!({
                 "Protocol": if p.protocol.is_empty() { "tcp" } else { p.protocol.as_str() },
                 "TargetPort": p.target,
                 "PublishedPort": p.published,
                 "PublishMode": "host",
-            })).collect::<Vec<_>>(),
-        },
-    })
+            })
+        })
+        .collect()
+}
+
+fn endpoint_spec_json(sp: &ServiceSpec) -> Value {
+    json!({ "Mode": endpoint_mode(sp), "Ports": ports_json(&sp.ports) })
+}
+
+/// `TaskTemplate.Networks`: `[{"Target": id, "Aliases": […]}]` (Aliases left out when none).
+fn networks_json(networks: &[NetworkAttachmentConfig]) -> Vec<Value> {
+    networks
+        .iter()
+        .map(|n| {
+            let mut v = json!({ "Target": n.target });
+            if !n.aliases.is_empty() {
+                v["Aliases"] = json!(n.aliases);
+            }
+            v
+        })
+        .collect()
 }
 
 /// `service inspect`: docker's shape (durations in nanoseconds), so scripts written for
@@ -367,6 +404,14 @@ pub fn service_json(s: &Service) -> Value {
         "CreatedAt": s.created_at,
         "UpdatedAt": s.updated_at,
         "Spec": spec_json(&spec(s)),
+        "Endpoint": {
+            "Spec": endpoint_spec_json(&spec(s)),
+            "Ports": ports_json(&spec(s).ports),
+            "VirtualIPs": s.virtual_ips.iter().map(|v| json!({
+                "NetworkID": v.network_id,
+                "Addr": v.addr,
+            })).collect::<Vec<_>>(),
+        },
         "ServiceStatus": { "RunningTasks": s.running_tasks, "DesiredTasks": s.desired_tasks },
     });
     if let Some(p) = &s.previous_spec {
@@ -434,8 +479,28 @@ fn ratio(milli: u64) -> String {
     cpus(milli * 1_000_000)
 }
 
-/// `service inspect --pretty`: docker's readable block.
-pub fn service_pretty(s: &Service) -> String {
+/// `Networks:` of `service inspect --pretty`: each network by name (its id when `names`, id →
+/// name, does not know it), with its aliases.
+pub fn networks_text(
+    networks: &[NetworkAttachmentConfig],
+    names: &HashMap<String, String>,
+) -> String {
+    networks
+        .iter()
+        .map(|n| {
+            let name = names.get(&n.target).unwrap_or(&n.target);
+            if n.aliases.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} (aliases: {})", n.aliases.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `service inspect --pretty`: docker's readable block. `network_names` maps network ids to names.
+pub fn service_pretty(s: &Service, network_names: &HashMap<String, String>) -> String {
     let sp = spec(s);
     let t = sp.task.clone().unwrap_or_default();
     let mut out = String::new();
@@ -600,6 +665,14 @@ pub fn service_pretty(s: &Service) -> String {
             kv(&mut out, " Window:", &go_duration(rp.window_ms));
         }
     }
+    if !t.networks.is_empty() {
+        kv(
+            &mut out,
+            "Networks:",
+            &networks_text(&t.networks, network_names),
+        );
+    }
+    kv(&mut out, "Endpoint Mode:", endpoint_mode(&sp));
     if !sp.ports.is_empty() {
         out.push_str("Ports:\n");
         for p in &sp.ports {
@@ -614,7 +687,9 @@ pub fn service_pretty(s: &Service) -> String {
 
 #[cfg(test)]
 mod tests {
-    use rswarm_api::types::v1::{Mount, Placement, Resources, TaskSpec, TaskStatus, UpdateStatus};
+    use rswarm_api::types::v1::{
+        Mount, NetworkAttachment, Placement, Resources, TaskSpec, TaskStatus, UpdateStatus,
+    };
 
     use super::*;
     use crate::service_args::default_spec;
@@ -784,6 +859,65 @@ mod tests {
     }
 
     #[test]
+    fn networks_and_endpoint_mode_in_inspect() {
+        let mut s = service("abc", "web", "replicated", 1, 1);
+        {
+            let sp = s.spec.as_mut().unwrap();
+            sp.endpoint_mode = "dnsrr".into();
+            sp.task.as_mut().unwrap().networks = vec![
+                NetworkAttachmentConfig {
+                    target: "id-front".into(),
+                    aliases: vec![],
+                },
+                NetworkAttachmentConfig {
+                    target: "id-back".into(),
+                    aliases: vec!["db".into(), "primary".into()],
+                },
+                NetworkAttachmentConfig {
+                    target: "id-gone".into(),
+                    aliases: vec![],
+                },
+            ];
+        }
+        s.virtual_ips = vec![NetworkAttachment {
+            network_id: "id-front".into(),
+            network_name: "front".into(),
+            addr: "10.0.1.2/24".into(),
+            aliases: vec![],
+        }];
+        let names: HashMap<String, String> = [
+            ("id-front".to_string(), "front".to_string()),
+            ("id-back".to_string(), "back".to_string()),
+        ]
+        .into();
+        let p = service_pretty(&s, &names);
+        assert!(
+            p.contains(
+                "Networks:           front back (aliases: db, primary) id-gone\nEndpoint Mode:      dnsrr\n"
+            ),
+            "{p}"
+        );
+        let v = service_json(&s);
+        assert_eq!(
+            v["Spec"]["TaskTemplate"]["Networks"],
+            json!([
+                { "Target": "id-front" },
+                { "Target": "id-back", "Aliases": ["db", "primary"] },
+                { "Target": "id-gone" },
+            ])
+        );
+        assert_eq!(v["Spec"]["EndpointSpec"]["Mode"], "dnsrr");
+        assert_eq!(v["Endpoint"]["Spec"]["Mode"], "dnsrr");
+        assert_eq!(
+            v["Endpoint"]["VirtualIPs"],
+            json!([{ "NetworkID": "id-front", "Addr": "10.0.1.2/24" }])
+        );
+        // Specs from before endpoint modes: vip.
+        s.spec.as_mut().unwrap().endpoint_mode.clear();
+        assert_eq!(service_json(&s)["Spec"]["EndpointSpec"]["Mode"], "vip");
+    }
+
+    #[test]
     fn pretty_inspect_block() {
         let mut s = service("abc", "web", "replicated", 1, 2);
         {
@@ -814,7 +948,9 @@ mod tests {
                 ..Placement::default()
             });
         }
-        let p = service_pretty(&s);
+        let p = service_pretty(&s, &HashMap::new());
+        assert!(p.contains("Endpoint Mode:      vip\n"), "{p}");
+        assert!(!p.contains("Networks:"), "{p}");
         for expected in [
             "ID:                 abc\n",
             "Name:               web\n",

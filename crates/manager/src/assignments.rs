@@ -25,8 +25,9 @@ use crate::convert::task_to_pb;
 /// What the node last heard about each task: its desired state.
 pub type Sent = HashMap<String, TaskState>;
 
+/// Network attachments are not run by agents: they are never assigned.
 fn assigned_here(t: &Task, node_id: &str) -> bool {
-    t.node_id == node_id && t.status.state >= TaskState::Assigned
+    t.node_id == node_id && t.status.state >= TaskState::Assigned && !t.network_attachment
 }
 
 /// The node's complete set, and what was sent.

@@ -9,7 +9,7 @@ use rswarm_agent::ids::{new_id, new_raft_id};
 use rswarm_agent::statedir::{NodeConfig, StateDir};
 use rswarm_agent::VERSION;
 use rswarm_ca::{JoinToken, NodeSubject, Role, RootCa};
-use rswarm_store::{Cluster, Node, NodeRole, NodeStatus, StateMachine, Txn};
+use rswarm_store::{Cluster, Node, NodeRole, NodeStatus, StateMachine, Subnet, Txn};
 
 use crate::ManagerError;
 
@@ -28,6 +28,66 @@ pub struct InitOptions {
     pub hostname: String,
     pub heartbeat: Duration,
     pub cert_expiry: Duration,
+    /// Overlay networks: where subnets are cut from, their size, the VXLAN port.
+    pub network: NetworkDefaults,
+}
+
+/// `--default-addr-pool` (CIDR, repeatable), `--default-addr-pool-mask-length`, `--data-path-port`;
+/// empty / 0 takes the defaults (10.0.0.0/8, /24, 4789).
+#[derive(Clone, Debug, Default)]
+pub struct NetworkDefaults {
+    pub addr_pools: Vec<String>,
+    pub subnet_size: u8,
+    pub data_path_port: u16,
+}
+
+impl NetworkDefaults {
+    /// Checks and parses the pools; every pool must hold at least one subnet of the size.
+    pub fn parse(&self) -> Result<(Vec<Subnet>, u8, u16), ManagerError> {
+        let size = if self.subnet_size == 0 {
+            rswarm_store::network::DEFAULT_SUBNET_SIZE
+        } else {
+            self.subnet_size
+        };
+        if !(8..=29).contains(&size) {
+            return Err(ManagerError::InvalidOption {
+                flag: "--default-addr-pool-mask-length",
+                reason: format!("{size} is out of range: use 8-29"),
+            });
+        }
+        let mut pools: Vec<Subnet> = Vec::new();
+        for raw in &self.addr_pools {
+            let pool: Subnet = raw.parse().map_err(|reason| ManagerError::InvalidOption {
+                flag: "--default-addr-pool",
+                reason,
+            })?;
+            if pool.prefix_len > size {
+                return Err(ManagerError::InvalidOption {
+                    flag: "--default-addr-pool",
+                    reason: format!(
+                        "pool {pool} is smaller than one /{size} subnet; use a larger pool or a longer --default-addr-pool-mask-length"
+                    ),
+                });
+            }
+            if let Some(other) = pools.iter().find(|p| p.overlaps(&pool)) {
+                return Err(ManagerError::InvalidOption {
+                    flag: "--default-addr-pool",
+                    reason: format!("pools {other} and {pool} overlap"),
+                });
+            }
+            pools.push(pool);
+        }
+        if self.data_path_port != 0 && self.data_path_port < 1024 {
+            return Err(ManagerError::InvalidOption {
+                flag: "--data-path-port",
+                reason: format!(
+                    "{} is a privileged port: use 1024-49151",
+                    self.data_path_port
+                ),
+            });
+        }
+        Ok((pools, size, self.data_path_port))
+    }
 }
 
 /// What `rswarm init` prints.
@@ -98,6 +158,7 @@ pub fn bootstrap(opts: &InitOptions) -> Result<InitOutcome, ManagerError> {
         });
     }
     validate_settings(Some(opts.heartbeat), Some(opts.cert_expiry))?;
+    let (addr_pools, subnet_size, data_path_port) = opts.network.parse()?;
     let manager_addr = host_port(ip, port);
     let cluster_id = new_id();
     let node_id = new_id();
@@ -126,6 +187,9 @@ pub fn bootstrap(opts: &InitOptions) -> Result<InitOutcome, ManagerError> {
         manager_token: manager_token.clone(),
         heartbeat_period_ms: opts.heartbeat.as_millis() as u64,
         cert_expiry_secs: opts.cert_expiry.as_secs(),
+        default_addr_pool: addr_pools,
+        subnet_size,
+        data_path_port,
         ..Cluster::default()
     };
     let node = Node {

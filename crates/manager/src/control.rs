@@ -485,6 +485,38 @@ impl Control for ControlService {
         services::list_tasks(&self.store, req.get_ref()).map(Response::new)
     }
 
+    async fn create_network(
+        &self,
+        req: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::NetworkResponse>, Status> {
+        crate::networks::create(&self.store, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::NetworkResponse>, Status> {
+        crate::networks::get(&self.store, &req.into_inner().network).map(Response::new)
+    }
+
+    async fn list_networks(
+        &self,
+        _req: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        Ok(Response::new(crate::networks::list(&self.store)))
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<pb::RemoveNetworkRequest>,
+    ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        crate::networks::remove(&self.store, &req.into_inner().network)
+            .await
+            .map(Response::new)
+    }
+
     async fn update_cluster(
         &self,
         req: Request<pb::UpdateClusterRequest>,
@@ -538,6 +570,9 @@ impl ControlService {
                             .count() as u64,
                         raft_index: raft.applied,
                         ca_digest,
+                        default_addr_pool: c.addr_pools().iter().map(|p| p.to_string()).collect(),
+                        subnet_size: c.subnet_size().into(),
+                        data_path_port: c.data_path_port().into(),
                     }
                 })
             })

@@ -4,8 +4,9 @@
 
 use rswarm_api::types::v1 as pb;
 use rswarm_store::{
-    FailureAction, HealthCheck, Mount, MountKind, Placement, PortConfig, Resources,
-    RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
+    EndpointMode, FailureAction, HealthCheck, Mount, MountKind, Network, NetworkAttachment,
+    NetworkAttachmentConfig, NetworkSpec, Placement, PortConfig, Resources, RestartCondition,
+    RestartPolicy, Service, ServiceMode, ServiceSpec, Subnet, Task, TaskSpec, TaskState,
     TaskStatus, UpdateConfig, UpdateOrder, UpdateStatus,
 };
 use tonic::Status;
@@ -43,6 +44,11 @@ pub fn spec_from_pb(spec: pb::ServiceSpec) -> Result<ServiceSpec, Status> {
             .into_iter()
             .map(port_from_pb)
             .collect::<Result<_, _>>()?,
+        endpoint_mode: match spec.endpoint_mode.as_str() {
+            "" | "vip" => EndpointMode::Vip,
+            "dnsrr" => EndpointMode::Dnsrr,
+            other => return Err(invalid("endpoint mode", other, "vip or dnsrr")),
+        },
     })
 }
 
@@ -118,6 +124,14 @@ fn task_spec_from_pb(t: pb::TaskSpec) -> Result<TaskSpec, Status> {
             reserve_memory: resources.reserve_memory,
         },
         restart,
+        networks: t
+            .networks
+            .into_iter()
+            .map(|n| NetworkAttachmentConfig {
+                target: n.target,
+                aliases: n.aliases,
+            })
+            .collect(),
         placement: Placement {
             constraints: placement.constraints,
             preferences: placement.preferences,
@@ -190,6 +204,7 @@ pub fn spec_to_pb(spec: &ServiceSpec) -> pb::ServiceSpec {
         update: Some(update_to_pb(&spec.update)),
         rollback: Some(update_to_pb(&spec.rollback)),
         ports: spec.ports.iter().map(port_to_pb).collect(),
+        endpoint_mode: spec.endpoint_mode.as_str().into(),
     }
 }
 
@@ -255,6 +270,14 @@ pub fn task_spec_to_pb(t: &TaskSpec) -> pb::TaskSpec {
         }),
         registry_auth: t.registry_auth.clone(),
         force_update: t.force_update,
+        networks: t
+            .networks
+            .iter()
+            .map(|n| pb::NetworkAttachmentConfig {
+                target: n.target.clone(),
+                aliases: n.aliases.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -291,6 +314,86 @@ pub fn service_to_pb(s: &Service, running: u64, desired: u64) -> pb::Service {
         running_tasks: running,
         desired_tasks: desired,
         spec_version: s.spec_version,
+        virtual_ips: s
+            .virtual_ips
+            .iter()
+            .map(|a| attachment_to_pb(a, None))
+            .collect(),
+    }
+}
+
+/// An address on a network, as `addr/prefix` when the network is known.
+pub fn attachment_to_pb(a: &NetworkAttachment, network: Option<&Network>) -> pb::NetworkAttachment {
+    pb::NetworkAttachment {
+        network_id: a.network_id.clone(),
+        network_name: network.map(|n| n.spec.name.clone()).unwrap_or_default(),
+        addr: match network {
+            Some(n) => format!("{}/{}", a.addr, n.subnet.prefix_len),
+            None => a.addr.to_string(),
+        },
+        aliases: a.aliases.clone(),
+    }
+}
+
+/// The API's network spec → the store's; addresses must parse.
+pub fn network_spec_from_pb(spec: pb::NetworkSpec) -> Result<NetworkSpec, Status> {
+    let driver = match spec.driver.as_str() {
+        "" | "overlay" => "overlay",
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "network driver {other:?} is not supported: cluster networks use the overlay driver"
+            )))
+        }
+    };
+    let subnet = match spec.subnet.as_str() {
+        "" => None,
+        s => Some(s.parse::<Subnet>().map_err(Status::invalid_argument)?),
+    };
+    let gateway = match spec.gateway.as_str() {
+        "" => None,
+        g => Some(g.parse().map_err(|_| {
+            Status::invalid_argument(format!("invalid gateway {g:?}: use an IPv4 address"))
+        })?),
+    };
+    if spec.mtu != 0 && !(68..=65535).contains(&spec.mtu) {
+        return Err(Status::invalid_argument(format!(
+            "invalid mtu {}: use 68-65535",
+            spec.mtu
+        )));
+    }
+    Ok(NetworkSpec {
+        name: spec.name,
+        driver: driver.into(),
+        subnet,
+        gateway,
+        attachable: spec.attachable,
+        internal: spec.internal,
+        mtu: spec.mtu,
+        labels: spec.labels.into_iter().collect(),
+    })
+}
+
+/// The API form of a network, with who uses it.
+pub fn network_to_pb(n: &Network, services: Vec<String>, tasks: u64) -> pb::Network {
+    pb::Network {
+        id: n.id.clone(),
+        version: n.meta.version,
+        spec: Some(pb::NetworkSpec {
+            name: n.spec.name.clone(),
+            driver: n.spec.driver.clone(),
+            subnet: n.spec.subnet.map(|s| s.to_string()).unwrap_or_default(),
+            gateway: n.spec.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            attachable: n.spec.attachable,
+            internal: n.spec.internal,
+            mtu: n.spec.mtu,
+            labels: n.spec.labels.clone().into_iter().collect(),
+        }),
+        subnet: n.subnet.to_string(),
+        gateway: n.gateway.to_string(),
+        vni: n.vni,
+        created_at: rfc3339_ms(n.meta.created_at_ms),
+        services,
+        tasks,
     }
 }
 
@@ -357,6 +460,11 @@ pub fn task_to_pb(t: &Task) -> pb::Task {
         status: Some(task_status_to_pb(&t.status)),
         created_at: rfc3339_millis(t.meta.created_at_ms),
         name: t.name(),
+        networks: t
+            .networks
+            .iter()
+            .map(|a| attachment_to_pb(a, None))
+            .collect(),
     }
 }
 

@@ -8,9 +8,11 @@ use std::time::UNIX_EPOCH;
 use rswarm_agent::ids::new_id;
 use rswarm_api::dispatcher::v1::dispatcher_server::Dispatcher;
 use rswarm_api::dispatcher::v1::{
-    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
-    ListenSubscriptionsRequest, LogSubscription, PublishLogsMessage, PublishLogsResponse,
-    SessionMessage, SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+    AssignmentsMessage, AssignmentsRequest, AttachNetworkRequest, AttachNetworkResponse,
+    DetachNetworkRequest, DetachNetworkResponse, HeartbeatRequest, HeartbeatResponse,
+    ListenSubscriptionsRequest, LogSubscription, NetworkTable, NetworksRequest, PublishLogsMessage,
+    PublishLogsResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
 };
 use rswarm_ca::transport::peer_of;
 use rswarm_store::{Cluster, Kind, Node, Store};
@@ -110,6 +112,7 @@ impl Dispatcher for DispatcherService {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
     type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
     type ListenSubscriptionsStream = ReceiverStream<Result<LogSubscription, Status>>;
+    type NetworksStream = ReceiverStream<Result<NetworkTable, Status>>;
 
     async fn session(
         &self,
@@ -293,6 +296,140 @@ impl Dispatcher for DispatcherService {
             logs.unlisten(&node_id, id);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn networks(
+        &self,
+        req: Request<NetworksRequest>,
+    ) -> Result<Response<Self::NetworksStream>, Status> {
+        let peer = self.auth.node(&req)?;
+        let ended = self.sessions.of(&peer.node_id, &req.get_ref().session_id)?;
+        // Subscribe before reading: no change can fall between the first table and the stream.
+        let mut events = self.store.subscribe();
+        let node_id = peer.node_id;
+        let first = self.store.read(|s| crate::netview::node_table(s, &node_id));
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.try_send(Ok(first.clone()));
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            loop {
+                tokio::select! {
+                    () = ended.cancelled() => return,
+                    () = tx.closed() => return,
+                    ev = events.recv() => {
+                        match ev {
+                            Ok(batch) => {
+                                if !batch.changes.iter().any(crate::netview::relevant) {
+                                    continue;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                        let next = store.read(|s| crate::netview::node_table(s, &node_id));
+                        if next != last {
+                            if tx.send(Ok(next.clone())).await.is_err() {
+                                return;
+                            }
+                            last = next;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn attach_network(
+        &self,
+        req: Request<AttachNetworkRequest>,
+    ) -> Result<Response<AttachNetworkResponse>, Status> {
+        let peer = self.auth.node(&req)?;
+        let r = req.into_inner();
+        self.sessions.of(&peer.node_id, &r.session_id)?;
+        let network_id = self
+            .store
+            .read(|s| crate::networks::find_network(s, &r.network).map(|n| n.id.clone()))?;
+        let id = new_id();
+        let mut refused = None;
+        self.store
+            .update(|s| {
+                refused = None;
+                let Some(network) = s.get::<rswarm_store::Network>(&network_id) else {
+                    refused = Some(Status::not_found(format!(
+                        "network {} not found",
+                        r.network
+                    )));
+                    return Ok(vec![]);
+                };
+                let who = rswarm_orchestrator::StandaloneContainer {
+                    node_id: &peer.node_id,
+                    container_id: &r.container_id,
+                    container_name: &r.container_name,
+                };
+                match rswarm_orchestrator::attachment_task(s, network, who, id.clone(), now_ms()) {
+                    Ok(t) => Ok(vec![rswarm_store::Txn::create(t)]),
+                    Err(e) => {
+                        refused = Some(Status::failed_precondition(e.to_string()));
+                        Ok(vec![])
+                    }
+                }
+            })
+            .await
+            .map_err(store_status)?;
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        let response = self.store.read(|s| {
+            let t = s.get::<rswarm_store::Task>(&id)?;
+            let n = s.get::<rswarm_store::Network>(&network_id)?;
+            let port = s.get::<Cluster>(Cluster::ID).map_or(
+                rswarm_store::network::DEFAULT_DATA_PATH_PORT,
+                Cluster::data_path_port,
+            );
+            Some(AttachNetworkResponse {
+                attachment_id: id.clone(),
+                network: Some(crate::netview::network_header(n)),
+                addr: t.networks.first()?.addr.to_string(),
+                data_path_port: port.into(),
+            })
+        });
+        let response =
+            response.ok_or_else(|| Status::aborted("the attachment was removed; try again"))?;
+        tracing::info!(node = %peer.node_id, container = %r.container_id, network = %r.network, addr = %response.addr, "standalone container attached to a network");
+        Ok(Response::new(response))
+    }
+
+    async fn detach_network(
+        &self,
+        req: Request<DetachNetworkRequest>,
+    ) -> Result<Response<DetachNetworkResponse>, Status> {
+        let peer = self.auth.node(&req)?;
+        let r = req.into_inner();
+        self.sessions.of(&peer.node_id, &r.session_id)?;
+        self.store
+            .update(|s| {
+                let Some(t) = s
+                    .get::<rswarm_store::Task>(&r.attachment_id)
+                    .filter(|t| t.network_attachment && t.node_id == peer.node_id)
+                else {
+                    return Ok(vec![]);
+                };
+                if t.status.state.is_terminal() {
+                    return Ok(vec![]);
+                }
+                // Stopped for good: the address is free; the reaper deletes it.
+                let mut t = t.clone();
+                t.status.state = rswarm_store::TaskState::Shutdown;
+                t.status.timestamp_ms = now_ms();
+                t.status.message = "detached".into();
+                t.desired_state = rswarm_store::TaskState::Remove;
+                Ok(vec![rswarm_store::Txn::update(t)])
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(DetachNetworkResponse {}))
     }
 
     async fn publish_logs(

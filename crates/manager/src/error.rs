@@ -33,7 +33,10 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::Txn(TxnError::Exists { .. } | TxnError::NameConflict { .. }) => {
             Status::already_exists(e.to_string())
         }
-        StoreError::Txn(TxnError::VersionMismatch { .. }) => Status::aborted(e.to_string()),
+        StoreError::Txn(TxnError::VersionMismatch { .. } | TxnError::AddressConflict(_)) => {
+            Status::aborted(e.to_string())
+        }
+        StoreError::Txn(TxnError::InUse { .. }) => Status::failed_precondition(e.to_string()),
         StoreError::NotLeader { .. } | StoreError::ShuttingDown => {
             Status::unavailable(e.to_string())
         }

@@ -82,6 +82,11 @@ fn tracked(object: &Object) -> Option<(&'static str, Tracked)> {
             t.insert("service.id", task.service_id.clone());
             "task"
         }
+        Object::Network(n) => {
+            t.insert("name", n.spec.name.clone());
+            t.insert("type", n.spec.driver.clone());
+            "network"
+        }
         Object::Cluster(_) => return None,
     };
     Some((kind, t))

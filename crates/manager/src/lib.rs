@@ -22,6 +22,8 @@ mod error;
 pub mod events;
 pub mod logbroker;
 pub mod monitor;
+pub mod netview;
+pub mod networks;
 pub mod orchestration;
 pub mod services;
 

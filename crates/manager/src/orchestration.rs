@@ -68,7 +68,20 @@ fn orchestrator_interest(_: &StateMachine, c: &Change) -> bool {
                 || t.desired_state != TaskState::Running
         }
         Object::Service(_) | Object::Node(_) => true,
-        Object::Cluster(_) => false,
+        Object::Cluster(_) | Object::Network(_) => false,
+    }
+}
+
+/// The allocator gives new tasks their addresses; a task that stops frees addresses for tasks
+/// waiting on a full network; a network's creation or removal settles waiting tasks.
+fn allocator_interest(_: &StateMachine, c: &Change) -> bool {
+    match &*c.object {
+        Object::Task(t) => {
+            (t.status.state == TaskState::New && !t.spec.networks.is_empty())
+                || (t.status.state.is_terminal() && !t.networks.is_empty())
+        }
+        Object::Network(_) => true,
+        Object::Service(_) | Object::Node(_) | Object::Cluster(_) => false,
     }
 }
 
@@ -82,7 +95,7 @@ fn scheduler_interest(_: &StateMachine, c: &Change) -> bool {
                 || t.desired_state > TaskState::Running
         }
         Object::Node(_) => true,
-        Object::Service(_) | Object::Cluster(_) => false,
+        Object::Service(_) | Object::Cluster(_) | Object::Network(_) => false,
     }
 }
 
@@ -98,7 +111,7 @@ fn updater_interest(s: &StateMachine, c: &Change) -> bool {
                 )
             })
         }),
-        Object::Cluster(_) => false,
+        Object::Cluster(_) | Object::Network(_) => false,
     }
 }
 
@@ -107,7 +120,7 @@ fn reaper_interest(_: &StateMachine, c: &Change) -> bool {
     match &*c.object {
         Object::Task(t) => t.status.state.is_terminal() || t.desired_state >= TaskState::Shutdown,
         Object::Node(_) => true,
-        Object::Service(_) | Object::Cluster(_) => false,
+        Object::Service(_) | Object::Cluster(_) | Object::Network(_) => false,
     }
 }
 
@@ -125,6 +138,14 @@ pub fn loops() -> Vec<Loop> {
                 }
             }),
             interest: orchestrator_interest,
+        },
+        Loop {
+            name: "allocator",
+            step: Box::new(|s: &StateMachine, now| Decision {
+                ops: rswarm_orchestrator::allocate_tasks(s, now),
+                wake_at_ms: None,
+            }),
+            interest: allocator_interest,
         },
         Loop {
             name: "scheduler",

@@ -3,8 +3,8 @@
 
 use rswarm_api::control::v1 as pb;
 use rswarm_store::{
-    Node, Service, ServiceMode, ServiceSpec, StateMachine, Store, StoreError, Task, TaskState, Txn,
-    UpdateState, UpdateStatus,
+    EndpointMode, Node, Service, ServiceMode, ServiceSpec, StateMachine, Store, StoreError, Task,
+    TaskState, Txn, UpdateState, UpdateStatus,
 };
 use tonic::Status;
 
@@ -89,17 +89,28 @@ pub async fn create(
         req.spec
             .ok_or_else(|| Status::invalid_argument("a service spec is required"))?,
     )?;
-    let service = Service {
-        id: rswarm_agent::ids::new_id(),
-        spec,
-        spec_version: 1,
-        ..Service::default()
-    };
-    let id = service.id.clone();
-    store
-        .commit(Txn::new(vec![Txn::create(service)]))
-        .await
-        .map_err(store_status)?;
+    let id = rswarm_agent::ids::new_id();
+    let mut resolve_err = None;
+    let result = store
+        .update(|s| {
+            resolve_err = None;
+            let mut service = Service {
+                id: id.clone(),
+                spec: spec.clone(),
+                spec_version: 1,
+                ..Service::default()
+            };
+            if let Err(e) = with_networks(s, &mut service, None) {
+                resolve_err = Some(e);
+                return Ok(vec![]);
+            }
+            Ok(vec![Txn::create(service)])
+        })
+        .await;
+    if let Some(e) = resolve_err {
+        return Err(e);
+    }
+    result.map_err(store_status)?;
     tracing::info!(service = %id, "service created");
     get_by_id(store, &id)
 }
@@ -129,8 +140,10 @@ pub async fn update(
         })?)?)
     };
     let now = now_ms();
-    store
+    let mut resolve_err = None;
+    let result = store
         .update(|s| {
+            resolve_err = None;
             let Some(old) = s.get::<Service>(&id) else {
                 return Err(StoreError::Invalid(format!("service {id} was removed")));
             };
@@ -177,14 +190,55 @@ pub async fn update(
             }
             next.previous_spec = Some(old.spec.clone());
             next.spec = spec;
+            if let Err(e) = with_networks(s, &mut next, Some(old)) {
+                resolve_err = Some(e);
+                return Ok(vec![]);
+            }
             Ok(vec![Txn::update(next)])
         })
         .await
         .map_err(|e| match e {
             StoreError::Invalid(m) => Status::failed_precondition(m),
             other => store_status(other),
-        })?;
+        });
+    if let Some(e) = resolve_err {
+        return Err(e);
+    }
+    result?;
     get_by_id(store, &id)
+}
+
+/// Resolves the network names of `svc`'s spec to ids and gives it its virtual IPs, checking that
+/// every network has room for its tasks. `old`: the stored service on update (its VIPs are kept,
+/// and a spec whose networks did not change is not re-checked for room).
+fn with_networks(s: &StateMachine, svc: &mut Service, old: Option<&Service>) -> Result<(), Status> {
+    crate::networks::resolve_networks(s, &mut svc.spec)?;
+    if svc.spec.endpoint_mode == EndpointMode::Dnsrr && !svc.spec.ports.is_empty() {
+        return Err(Status::invalid_argument(
+            "published ports cannot be used with endpoint mode dnsrr (Docker's ingress rule); use --endpoint-mode vip",
+        ));
+    }
+    if let Some(old) = old {
+        if old.spec.task.networks == svc.spec.task.networks
+            && old.spec.endpoint_mode == svc.spec.endpoint_mode
+            && old.spec.mode == svc.spec.mode
+        {
+            return Ok(());
+        }
+    }
+    let needed = match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => s.list::<Node>().count() as u64,
+    };
+    // Addresses the service holds already count as free for it.
+    let held = old.map_or(0, |o| {
+        s.list::<Task>()
+            .filter(|t| t.service_id == o.id && t.holds_addresses())
+            .count() as u64
+    });
+    svc.virtual_ips = rswarm_orchestrator::allocate_vips(s, svc, needed.saturating_sub(held))
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    Ok(())
 }
 
 fn mode_name(m: &ServiceMode) -> &'static str {

@@ -146,6 +146,12 @@ impl Bridge {
         }
     }
 
+    /// Makes the bridge, its sysctls, chains and base rules now rather than at the first
+    /// attach. Idempotent.
+    pub async fn prepare(&self) -> Result<(), NetworkError> {
+        self.ensure_base(false).await
+    }
+
     /// Takes a container off the bridge: deletes the rules carrying its id and its host veth if
     /// still there, and forgets what this process held for it. Idempotent.
     pub async fn detach(&self, att: &Attachment) -> Result<(), NetworkError> {

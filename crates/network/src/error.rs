@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -74,6 +74,17 @@ pub enum NetworkError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// A container's own network namespace could not be made or removed.
+    #[error("cannot {action} network namespace {path}: {source}")]
+    NetnsFile {
+        /// `create` or `remove`.
+        action: &'static str,
+        /// The namespace's bind-mount path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A network namespace could not be opened or entered.
     #[error("cannot use network namespace {path}: {source} (is the container still running?)")]
     Netns {
@@ -86,6 +97,23 @@ pub enum NetworkError {
     /// The container's namespace already has an `eth0`.
     #[error("network namespace {0} already has an eth0: attach each container only once, or detach first")]
     Eth0Exists(PathBuf),
+    /// An overlay network, attachment or device tag can't work as given.
+    #[error("invalid overlay request: {0}")]
+    InvalidOverlay(String),
+    /// The overlay's VTEP address is not an address of this network namespace.
+    #[error("vtep address {0} is not an address of any interface here: set the overlay's local_ip to this node's own underlay address")]
+    VtepNotLocal(Ipv4Addr),
+    /// The overlay network's devices do not exist on this host.
+    #[error("overlay network with vni {0} is not set up on this host: call ensure_network (or attach a container) for it first")]
+    OverlayMissing(u32),
+    /// The container's namespace already has an interface of the requested name.
+    #[error("network namespace {netns} already has an interface {ifname}: attach with another interface name, or detach first")]
+    IfnameExists {
+        /// The container's namespace.
+        netns: PathBuf,
+        /// The interface name asked for.
+        ifname: String,
+    },
     /// Some other IO failed.
     #[error("could not {what}: {source}")]
     Io {

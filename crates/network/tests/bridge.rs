@@ -183,6 +183,9 @@ fn serve_once(ctr: &Netns) -> mpsc::Receiver<SocketAddr> {
         ready_tx.send(()).unwrap();
         let (mut conn, peer) = listener.accept().expect("accept");
         conn.write_all(b"hello").unwrap();
+        // Closed before reporting: the next serve_once may bind :80 again at once.
+        drop(conn);
+        drop(listener);
         let _ = peer_tx.send(peer);
     });
     ready_rx

@@ -17,6 +17,9 @@
 //!   node no longer satisfies the constraints; removal of tasks of deleted services and of extra
 //!   slots. It writes only `desired_state` on existing tasks and creates new tasks in state
 //!   `Pending`.
+//! - [`allocator::allocate_tasks`] gives tasks of services on overlay networks (created `New`)
+//!   their addresses and moves them to `Pending`; [`allocator::allocate_network`] and
+//!   [`allocator::allocate_vips`] serve the control API.
 //! - [`scheduler::schedule`] gives pending tasks a node (filters, then spread), writing `node_id`
 //!   and state `Assigned`.
 //! - The agents move tasks forward from `Assigned` and report their status.
@@ -33,6 +36,7 @@
 //! the same task; commit each plan in its own transaction (a loser fails its version check and is
 //! recomputed on the next run).
 
+pub mod allocator;
 pub mod constraint;
 pub mod orchestrator;
 pub mod reaper;
@@ -47,6 +51,10 @@ mod testutil;
 
 use rswarm_store::Op;
 
+pub use allocator::{
+    allocate_network, allocate_tasks, allocate_vips, attachment_task, AllocError,
+    StandaloneContainer,
+};
 pub use constraint::{Constraint, ConstraintError, Preference};
 pub use orchestrator::reconcile;
 pub use reaper::{reap, DEFAULT_KEEP_PER_SLOT};

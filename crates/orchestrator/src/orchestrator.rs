@@ -76,7 +76,8 @@ use crate::{is_live, Plan};
 /// One reconcile pass over every service. `new_id` gives the ids of the tasks it creates.
 pub fn reconcile(state: &StateMachine, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
-    for t in state.list::<Task>() {
+    // Network attachments of standalone containers are nobody's to orchestrate.
+    for t in state.list::<Task>().filter(|t| !t.network_attachment) {
         by_service.entry(t.service_id.as_str()).or_default().push(t);
     }
     let mut ctx = Ctx {

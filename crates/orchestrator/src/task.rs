@@ -47,8 +47,14 @@ pub struct NewTask<'a> {
 }
 
 /// A new task of `service`, from its current spec, in state `Pending` at `now_ms` (message
-/// "pending task scheduling").
+/// "pending task scheduling"), or `New` when it needs addresses on networks first (the
+/// allocator moves it on).
 pub fn new_task(service: &Service, n: NewTask<'_>, now_ms: u64) -> Task {
+    let (state, message) = if service.spec.task.networks.is_empty() {
+        (TaskState::Pending, "pending task scheduling")
+    } else {
+        (TaskState::New, "created")
+    };
     Task {
         id: n.id,
         meta: Default::default(),
@@ -60,12 +66,14 @@ pub fn new_task(service: &Service, n: NewTask<'_>, now_ms: u64) -> Task {
         ports: service.spec.ports.clone(),
         desired_state: n.desired_state,
         status: TaskStatus {
-            state: TaskState::Pending,
+            state,
             timestamp_ms: now_ms,
-            message: "pending task scheduling".into(),
+            message: message.into(),
             ..TaskStatus::default()
         },
         service_name: service.spec.name.clone(),
         attempt: n.attempt,
+        networks: Vec::new(),
+        network_attachment: false,
     }
 }

@@ -6,11 +6,15 @@
 //! transactions with optimistic concurrency (each object's `meta.version`), and [`Store::watch`] for a
 //! consistent snapshot plus every later change.
 
+pub mod network;
 pub mod objects;
 pub mod service;
 pub mod state;
 mod store;
 
+pub use network::{
+    EndpointMode, Network, NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, Subnet,
+};
 pub use objects::{
     Availability, Cluster, Kind, Meta, Node, NodeRole, NodeStatus, Object, StoreObject,
 };

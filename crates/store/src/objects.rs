@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{Network, Subnet};
 use crate::service::{Service, Task};
 
 /// Bookkeeping every stored object carries.
@@ -26,6 +27,7 @@ pub enum Kind {
     Node,
     Service,
     Task,
+    Network,
 }
 
 impl fmt::Display for Kind {
@@ -35,6 +37,7 @@ impl fmt::Display for Kind {
             Kind::Node => "node",
             Kind::Service => "service",
             Kind::Task => "task",
+            Kind::Network => "network",
         })
     }
 }
@@ -162,10 +165,46 @@ pub struct Cluster {
     pub cert_expiry_secs: u64,
     /// Nodes removed with `node rm`: their certificates are refused from then on.
     pub removed_nodes: BTreeSet<String>,
+    /// Where overlay subnets are cut from (`init --default-addr-pool`); empty: 10.0.0.0/8.
+    #[serde(default)]
+    pub default_addr_pool: Vec<Subnet>,
+    /// Prefix length of those subnets (`--default-addr-pool-mask-length`); 0: 24.
+    #[serde(default)]
+    pub subnet_size: u8,
+    /// The VXLAN UDP port (`--data-path-port`); 0: 4789.
+    #[serde(default)]
+    pub data_path_port: u16,
 }
 
 impl Cluster {
     pub const ID: &'static str = "cluster";
+
+    /// The address pools overlay subnets come from.
+    pub fn addr_pools(&self) -> Vec<Subnet> {
+        if self.default_addr_pool.is_empty() {
+            vec![crate::network::DEFAULT_ADDR_POOL
+                .parse()
+                .unwrap_or_default()]
+        } else {
+            self.default_addr_pool.clone()
+        }
+    }
+
+    pub fn subnet_size(&self) -> u8 {
+        if self.subnet_size == 0 {
+            crate::network::DEFAULT_SUBNET_SIZE
+        } else {
+            self.subnet_size
+        }
+    }
+
+    pub fn data_path_port(&self) -> u16 {
+        if self.data_path_port == 0 {
+            crate::network::DEFAULT_DATA_PATH_PORT
+        } else {
+            self.data_path_port
+        }
+    }
 }
 
 /// Any stored object.
@@ -179,6 +218,7 @@ pub enum Object {
     Node(Node),
     Service(Service),
     Task(Task),
+    Network(Network),
 }
 
 impl Object {
@@ -188,6 +228,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::Service(_) => Kind::Service,
             Object::Task(_) => Kind::Task,
+            Object::Network(_) => Kind::Network,
         }
     }
 
@@ -197,6 +238,7 @@ impl Object {
             Object::Node(o) => &o.id,
             Object::Service(o) => &o.id,
             Object::Task(o) => &o.id,
+            Object::Network(o) => &o.id,
         }
     }
 
@@ -206,6 +248,7 @@ impl Object {
             Object::Node(o) => &o.meta,
             Object::Service(o) => &o.meta,
             Object::Task(o) => &o.meta,
+            Object::Network(o) => &o.meta,
         }
     }
 
@@ -215,6 +258,7 @@ impl Object {
             Object::Node(o) => &mut o.meta,
             Object::Service(o) => &mut o.meta,
             Object::Task(o) => &mut o.meta,
+            Object::Network(o) => &mut o.meta,
         }
     }
 }
@@ -256,3 +300,4 @@ store_object!(Cluster);
 store_object!(Node);
 store_object!(Service);
 store_object!(Task);
+store_object!(Network);

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{EndpointMode, NetworkAttachment, NetworkAttachmentConfig};
 use crate::objects::Meta;
 
 /// A service: the user's spec plus what the control plane keeps about its rollout.
@@ -28,6 +29,9 @@ pub struct Service {
     /// Progress of the current (or last) rolling update.
     #[serde(default)]
     pub update_status: Option<UpdateStatus>,
+    /// One virtual IP per network of the spec (endpoint mode vip), allocated by the leader.
+    #[serde(default)]
+    pub virtual_ips: Vec<NetworkAttachment>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +48,8 @@ pub struct ServiceSpec {
     /// Published ports (`-p published:target[/proto]`), published on the node that runs each task.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +117,9 @@ pub struct TaskSpec {
     /// Bumped by `service update --force` so that tasks are replaced although nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// The overlay networks (by id) the tasks join, in order (`eth1`, `eth2`, …).
+    #[serde(default)]
+    pub networks: Vec<NetworkAttachmentConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,12 +465,30 @@ pub struct Task {
     /// restart policy's `max_attempts` counts these. Replacements after node loss do not count.
     #[serde(default)]
     pub attempt: u64,
+    /// The task's address on each network of its spec, allocated when the task is made; held
+    /// while [`Task::holds_addresses`].
+    #[serde(default)]
+    pub networks: Vec<NetworkAttachment>,
+    /// Not a service task: the address of a standalone container on an attachable network
+    /// (`container run --network`), Swarm's network attachment. `service_name` holds the
+    /// container's name, `status.container_id` its id; no orchestrator acts on it and no agent
+    /// runs it: it exists for its address and the endpoint table.
+    #[serde(default)]
+    pub network_attachment: bool,
 }
 
 impl Task {
-    /// Docker's task name: `web.3` for replicated tasks, `web.<node id>` for global ones.
+    /// Whether the task's addresses are still its own: until it has stopped for good.
+    pub fn holds_addresses(&self) -> bool {
+        !self.status.state.is_terminal()
+    }
+
+    /// Docker's task name: `web.3` for replicated tasks, `web.<node id>` for global ones, the
+    /// container's name for a network attachment.
     pub fn name(&self) -> String {
-        if self.slot > 0 {
+        if self.network_attachment {
+            self.service_name.clone()
+        } else if self.slot > 0 {
             format!("{}.{}", self.service_name, self.slot)
         } else {
             format!("{}.{}", self.service_name, self.node_id)

@@ -3,11 +3,13 @@
 //! Every backend (embedded Raft, etcd) feeds the same committed transactions, in the same order, into
 //! [`StateMachine::apply`]. Given equal inputs, every replica ends in an equal state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{Network, NetworkAttachment, VNI_FIRST, VNI_LAST};
 use crate::objects::{Kind, Object, StoreObject};
 use crate::service::Service;
 
@@ -109,6 +111,16 @@ pub enum TxnError {
         expected: u64,
         actual: u64,
     },
+    #[error("{kind} {name} is in use by {by}; remove that first")]
+    InUse {
+        kind: Kind,
+        id: String,
+        name: String,
+        by: String,
+    },
+    /// Two networks would share a VXLAN id or overlapping subnets, or two holders one address.
+    #[error("{0}")]
+    AddressConflict(String),
 }
 
 /// What a transaction did to one object.
@@ -142,6 +154,8 @@ pub struct StateMachine {
     /// Objects are shared (`Arc`): a clone of the state, a change handed to watchers and the
     /// object in the table are one allocation.
     tables: BTreeMap<Kind, BTreeMap<String, Arc<Object>>>,
+    /// Derived from `tables`: who holds each address on each network (task or service id).
+    addrs: BTreeMap<(String, Ipv4Addr), String>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +194,22 @@ impl StateMachine {
             .into_iter()
             .flat_map(|t| t.values())
             .filter_map(|o| T::from_object_ref(o))
+    }
+
+    /// Who holds `addr` on network `network_id` (a task or service id).
+    pub fn address_holder(&self, network_id: &str, addr: Ipv4Addr) -> Option<&str> {
+        self.addrs
+            .get(&(network_id.to_string(), addr))
+            .map(String::as_str)
+    }
+
+    /// Every address held on network `network_id`.
+    pub fn addresses_on<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = Ipv4Addr> + 'a {
+        let start = (network_id.to_string(), Ipv4Addr::UNSPECIFIED);
+        self.addrs
+            .range(start..)
+            .take_while(move |((n, _), _)| n == network_id)
+            .map(|((_, a), _)| *a)
     }
 
     pub fn count(&self, kind: Kind) -> usize {
@@ -284,6 +314,12 @@ impl StateMachine {
             staged.insert((kind, id), next);
         }
         self.check_names(&staged)?;
+        self.check_networks(&staged)?;
+        let (released, taken) = self.address_changes(&staged)?;
+        for key in released {
+            self.addrs.remove(&key);
+        }
+        self.addrs.extend(taken);
         for ((kind, id), object) in staged {
             let table = self.tables.entry(kind).or_default();
             match object {
@@ -298,42 +334,247 @@ impl StateMachine {
         Ok(changes)
     }
 
-    /// Names that must be unique within their kind (services) stay unique: a transaction that would
-    /// give two objects one name is rejected.
+    /// Names that must be unique within their kind (services, networks) stay unique: a transaction
+    /// that would give two objects one name is rejected.
     fn check_names(
         &self,
         staged: &BTreeMap<(Kind, String), Option<Arc<Object>>>,
     ) -> Result<(), TxnError> {
+        fn name_of(o: &Object) -> Option<&str> {
+            match o {
+                Object::Service(s) => Some(&s.spec.name),
+                Object::Network(n) => Some(&n.spec.name),
+                _ => None,
+            }
+        }
         for ((kind, id), object) in staged {
-            let Some(Object::Service(new)) = object.as_deref() else {
+            let Some(name) = object.as_deref().and_then(name_of) else {
                 continue;
             };
-            let name = &new.spec.name;
             let staged_clash = staged.iter().find(|((k, other), o)| {
-                k == kind
-                    && other != id
-                    && matches!(o.as_deref(), Some(Object::Service(s)) if &s.spec.name == name)
+                k == kind && other != id && o.as_deref().and_then(name_of) == Some(name)
             });
-            // Stored services this transaction touches were checked above in their new form.
+            // Stored objects this transaction touches were checked above in their new form.
             let stored_clash = self
-                .list::<Service>()
-                .find(|s| &s.spec.name == name && !staged.contains_key(&(*kind, s.id.clone())));
-            if let Some(((_, other), _)) = staged_clash {
+                .tables
+                .get(kind)
+                .into_iter()
+                .flat_map(|t| t.iter())
+                .find(|(other, o)| {
+                    name_of(o) == Some(name) && !staged.contains_key(&(*kind, (*other).clone()))
+                })
+                .map(|(other, _)| other);
+            if let Some(other) = staged_clash.map(|((_, other), _)| other).or(stored_clash) {
                 return Err(TxnError::NameConflict {
                     kind: *kind,
-                    name: name.clone(),
+                    name: name.to_string(),
                     id: other.clone(),
-                });
-            }
-            if let Some(other) = stored_clash {
-                return Err(TxnError::NameConflict {
-                    kind: *kind,
-                    name: name.clone(),
-                    id: other.id.clone(),
                 });
             }
         }
         Ok(())
+    }
+
+    /// The object `kind`/`id` as this transaction leaves it.
+    fn staged_or_stored<'a>(
+        &'a self,
+        staged: &'a BTreeMap<(Kind, String), Option<Arc<Object>>>,
+        kind: Kind,
+        id: &str,
+    ) -> Option<&'a Object> {
+        match staged.get(&(kind, id.to_string())) {
+            Some(o) => o.as_deref(),
+            None => self.lookup(kind, id).map(|o| &**o),
+        }
+    }
+
+    /// Networks stay apart (VXLAN ids unique and in range, subnets disjoint, gateway inside), a
+    /// network is removed only when nothing uses it, and services only name networks that exist.
+    fn check_networks(
+        &self,
+        staged: &BTreeMap<(Kind, String), Option<Arc<Object>>>,
+    ) -> Result<(), TxnError> {
+        let networks = || {
+            let stored = self
+                .list::<Network>()
+                .filter(|n| !staged.contains_key(&(Kind::Network, n.id.clone())));
+            let fresh = staged.values().filter_map(|o| match o.as_deref() {
+                Some(Object::Network(n)) => Some(n),
+                _ => None,
+            });
+            stored.chain(fresh)
+        };
+        for ((kind, id), object) in staged {
+            match (kind, object.as_deref()) {
+                (Kind::Network, Some(Object::Network(n))) => {
+                    if !(VNI_FIRST..=VNI_LAST).contains(&n.vni) {
+                        return Err(TxnError::AddressConflict(format!(
+                            "network {}: VXLAN id {} is outside {VNI_FIRST}-{VNI_LAST}",
+                            n.spec.name, n.vni
+                        )));
+                    }
+                    if !n.subnet.is_host(n.gateway) {
+                        return Err(TxnError::AddressConflict(format!(
+                            "network {}: gateway {} is not a host address of {}",
+                            n.spec.name, n.gateway, n.subnet
+                        )));
+                    }
+                    for other in networks().filter(|o| o.id != n.id) {
+                        if other.vni == n.vni {
+                            return Err(TxnError::AddressConflict(format!(
+                                "network {}: VXLAN id {} is taken by network {}",
+                                n.spec.name, n.vni, other.spec.name
+                            )));
+                        }
+                        if other.subnet.overlaps(&n.subnet) {
+                            return Err(TxnError::AddressConflict(format!(
+                                "network {}: subnet {} overlaps {} of network {}; choose another --subnet",
+                                n.spec.name, n.subnet, other.subnet, other.spec.name
+                            )));
+                        }
+                    }
+                }
+                (Kind::Network, None) => {
+                    let Some(Object::Network(old)) = self.lookup(Kind::Network, id).map(|o| &**o)
+                    else {
+                        continue;
+                    };
+                    if let Some(by) = self.network_user(staged, id) {
+                        return Err(TxnError::InUse {
+                            kind: Kind::Network,
+                            id: id.clone(),
+                            name: old.spec.name.clone(),
+                            by,
+                        });
+                    }
+                }
+                (Kind::Service, Some(Object::Service(svc))) => {
+                    let before = self.get::<Service>(id).map(|s| &s.spec.task.networks);
+                    if before == Some(&svc.spec.task.networks) {
+                        continue;
+                    }
+                    for net in &svc.spec.task.networks {
+                        if self
+                            .staged_or_stored(staged, Kind::Network, &net.target)
+                            .is_none()
+                        {
+                            return Err(TxnError::NotFound {
+                                kind: Kind::Network,
+                                id: net.target.clone(),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A service or live task (as this transaction leaves them) that uses network `id`.
+    fn network_user(
+        &self,
+        staged: &BTreeMap<(Kind, String), Option<Arc<Object>>>,
+        id: &str,
+    ) -> Option<String> {
+        let live = |kind: Kind| {
+            let stored = self
+                .tables
+                .get(&kind)
+                .into_iter()
+                .flat_map(|t| t.iter())
+                .filter(move |(oid, _)| !staged.contains_key(&(kind, (*oid).clone())))
+                .map(|(_, o)| &**o);
+            let fresh = staged
+                .iter()
+                .filter(move |((k, _), _)| *k == kind)
+                .filter_map(|(_, o)| o.as_deref());
+            stored.chain(fresh)
+        };
+        for o in live(Kind::Service) {
+            if let Object::Service(s) = o {
+                if s.spec.task.networks.iter().any(|n| n.target == id)
+                    || s.virtual_ips.iter().any(|v| v.network_id == id)
+                {
+                    return Some(format!("service {}", s.spec.name));
+                }
+            }
+        }
+        for o in live(Kind::Task) {
+            if let Object::Task(t) = o {
+                if t.holds_addresses() && t.networks.iter().any(|n| n.network_id == id) {
+                    return Some(format!("task {}", t.name()));
+                }
+            }
+        }
+        None
+    }
+
+    /// The addresses this transaction releases and takes; refuses one address for two holders,
+    /// and addresses outside their network or on a network that does not exist.
+    #[allow(clippy::type_complexity)]
+    fn address_changes(
+        &self,
+        staged: &BTreeMap<(Kind, String), Option<Arc<Object>>>,
+    ) -> Result<
+        (
+            BTreeSet<(String, Ipv4Addr)>,
+            BTreeMap<(String, Ipv4Addr), String>,
+        ),
+        TxnError,
+    > {
+        fn held(o: &Object) -> &[NetworkAttachment] {
+            match o {
+                Object::Task(t) if t.holds_addresses() => &t.networks,
+                Object::Service(s) => &s.virtual_ips,
+                _ => &[],
+            }
+        }
+        let mut released = BTreeSet::new();
+        let mut taken: BTreeMap<(String, Ipv4Addr), String> = BTreeMap::new();
+        for ((kind, id), object) in staged {
+            if !matches!(kind, Kind::Task | Kind::Service) {
+                continue;
+            }
+            let old = self.lookup(*kind, id).map(|o| held(o)).unwrap_or_default();
+            let new = object.as_deref().map(held).unwrap_or_default();
+            if old == new {
+                continue;
+            }
+            released.extend(old.iter().map(|a| (a.network_id.clone(), a.addr)));
+            for a in new {
+                let key = (a.network_id.clone(), a.addr);
+                if let Some(other) = taken.insert(key, id.clone()) {
+                    return Err(TxnError::AddressConflict(format!(
+                        "address {} on network {} given to both {other} and {id}",
+                        a.addr, a.network_id
+                    )));
+                }
+            }
+        }
+        for ((net, addr), holder) in &taken {
+            match self.addrs.get(&(net.clone(), *addr)) {
+                Some(other) if other != holder && !released.contains(&(net.clone(), *addr)) => {
+                    return Err(TxnError::AddressConflict(format!(
+                        "address {addr} on network {net} is held by {other}"
+                    )));
+                }
+                _ => {}
+            }
+            let Some(Object::Network(n)) = self.staged_or_stored(staged, Kind::Network, net) else {
+                return Err(TxnError::NotFound {
+                    kind: Kind::Network,
+                    id: net.clone(),
+                });
+            };
+            if !n.subnet.is_host(*addr) || *addr == n.gateway {
+                return Err(TxnError::AddressConflict(format!(
+                    "address {addr} is not free for endpoints on network {} ({}, gateway {})",
+                    n.spec.name, n.subnet, n.gateway
+                )));
+            }
+        }
+        Ok((released, taken))
     }
 
     /// Serialises the whole state (for Raft snapshots).
@@ -356,8 +597,18 @@ impl StateMachine {
         let mut sm = StateMachine {
             index: data.index,
             tables: BTreeMap::new(),
+            addrs: BTreeMap::new(),
         };
         for o in data.objects {
+            let held = match &o {
+                Object::Task(t) if t.holds_addresses() => t.networks.as_slice(),
+                Object::Service(s) => s.virtual_ips.as_slice(),
+                _ => &[],
+            };
+            for a in held {
+                sm.addrs
+                    .insert((a.network_id.clone(), a.addr), o.id().to_string());
+            }
             sm.tables
                 .entry(o.kind())
                 .or_default()
@@ -590,5 +841,181 @@ mod tests {
             },
         ]);
         assert_eq!(Txn::decode(&t.encode()).unwrap(), t);
+    }
+
+    mod networks {
+        use super::*;
+        use crate::network::{Network, NetworkAttachment, NetworkAttachmentConfig, NetworkSpec};
+        use crate::service::{Task, TaskState};
+
+        fn net(id: &str, name: &str, subnet: &str, vni: u32) -> Network {
+            let subnet: crate::Subnet = subnet.parse().unwrap();
+            Network {
+                id: id.into(),
+                meta: Meta::default(),
+                spec: NetworkSpec {
+                    name: name.into(),
+                    driver: "overlay".into(),
+                    ..NetworkSpec::default()
+                },
+                subnet,
+                gateway: std::net::Ipv4Addr::from(subnet.first() + 1),
+                vni,
+            }
+        }
+
+        fn task(id: &str, network: &str, addr: &str) -> Task {
+            Task {
+                id: id.into(),
+                service_id: "s".into(),
+                networks: vec![NetworkAttachment {
+                    network_id: network.into(),
+                    addr: addr.parse().unwrap(),
+                    aliases: vec![],
+                }],
+                ..Task::default()
+            }
+        }
+
+        fn sm_with(objects: Vec<Op>) -> StateMachine {
+            let mut sm = StateMachine::new();
+            sm.apply(1, &txn(objects)).unwrap();
+            sm
+        }
+
+        use crate::objects::Meta;
+
+        #[test]
+        fn networks_keep_apart() {
+            let mut sm = sm_with(vec![Txn::create(net("n1", "a", "10.0.0.0/24", 4096))]);
+            let vni = sm.apply(
+                2,
+                &txn(vec![Txn::create(net("n2", "b", "10.0.1.0/24", 4096))]),
+            );
+            assert!(
+                matches!(vni, Err(TxnError::AddressConflict(m)) if m.contains("VXLAN id 4096"))
+            );
+            let overlap = sm.apply(
+                3,
+                &txn(vec![Txn::create(net("n2", "b", "10.0.0.0/16", 4097))]),
+            );
+            assert!(matches!(overlap, Err(TxnError::AddressConflict(m)) if m.contains("overlaps")));
+            let name = sm.apply(
+                4,
+                &txn(vec![Txn::create(net("n2", "a", "10.0.1.0/24", 4097))]),
+            );
+            assert!(matches!(name, Err(TxnError::NameConflict { .. })));
+            let mut bad_gw = net("n2", "b", "10.0.1.0/24", 4097);
+            bad_gw.gateway = "10.0.2.1".parse().unwrap();
+            assert!(sm.apply(5, &txn(vec![Txn::create(bad_gw)])).is_err());
+            assert!(sm
+                .apply(
+                    6,
+                    &txn(vec![Txn::create(net("n2", "b", "10.0.1.0/24", 4097))])
+                )
+                .is_ok());
+            // Two creates in one transaction are checked against each other too.
+            let both = sm.apply(
+                7,
+                &txn(vec![
+                    Txn::create(net("n3", "c", "10.0.2.0/24", 5000)),
+                    Txn::create(net("n4", "d", "10.0.2.0/25", 5001)),
+                ]),
+            );
+            assert!(matches!(both, Err(TxnError::AddressConflict(_))));
+            assert_eq!(sm.count(Kind::Network), 2);
+        }
+
+        #[test]
+        fn addresses_have_one_holder_until_released() {
+            let mut sm = sm_with(vec![Txn::create(net("n1", "a", "10.0.0.0/24", 4096))]);
+            sm.apply(2, &txn(vec![Txn::create(task("t1", "n1", "10.0.0.2"))]))
+                .unwrap();
+            assert_eq!(
+                sm.address_holder("n1", "10.0.0.2".parse().unwrap()),
+                Some("t1")
+            );
+            let dup = sm.apply(3, &txn(vec![Txn::create(task("t2", "n1", "10.0.0.2"))]));
+            assert!(matches!(dup, Err(TxnError::AddressConflict(m)) if m.contains("held by t1")));
+            for bad in ["10.0.0.1", "10.0.0.0", "10.0.0.255", "10.0.1.2"] {
+                let r = sm.apply(4, &txn(vec![Txn::create(task("t2", "n1", bad))]));
+                assert!(
+                    matches!(r, Err(TxnError::AddressConflict(_))),
+                    "{bad}: {r:?}"
+                );
+            }
+            let unknown = sm.apply(5, &txn(vec![Txn::create(task("t2", "nx", "10.0.0.3"))]));
+            assert!(matches!(unknown, Err(TxnError::NotFound { .. })));
+            // A task that stopped for good releases its address.
+            let mut t1 = sm.get::<Task>("t1").unwrap().clone();
+            t1.status.state = TaskState::Failed;
+            sm.apply(6, &txn(vec![Txn::update(t1)])).unwrap();
+            assert_eq!(sm.address_holder("n1", "10.0.0.2".parse().unwrap()), None);
+            sm.apply(7, &txn(vec![Txn::create(task("t2", "n1", "10.0.0.2"))]))
+                .unwrap();
+            assert_eq!(sm.addresses_on("n1").count(), 1);
+            // Moving an address between holders in one transaction is fine.
+            let t2 = sm.get::<Task>("t2").unwrap().clone();
+            sm.apply(
+                8,
+                &txn(vec![
+                    Txn::delete(&t2),
+                    Txn::create(task("t3", "n1", "10.0.0.2")),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(
+                sm.address_holder("n1", "10.0.0.2".parse().unwrap()),
+                Some("t3")
+            );
+            // Snapshots rebuild the index.
+            let restored = StateMachine::restore(&sm.snapshot()).unwrap();
+            assert_eq!(restored, sm);
+        }
+
+        #[test]
+        fn networks_in_use_stay() {
+            let mut sm = sm_with(vec![Txn::create(net("n1", "a", "10.0.0.0/24", 4096))]);
+            let mut svc = Service {
+                id: "s".into(),
+                ..Service::default()
+            };
+            svc.spec.name = "web".into();
+            svc.spec.task.networks = vec![NetworkAttachmentConfig {
+                target: "nx".into(),
+                aliases: vec![],
+            }];
+            let unknown = sm.apply(2, &txn(vec![Txn::create(svc.clone())]));
+            assert!(matches!(
+                unknown,
+                Err(TxnError::NotFound {
+                    kind: Kind::Network,
+                    ..
+                })
+            ));
+            svc.spec.task.networks[0].target = "n1".into();
+            sm.apply(3, &txn(vec![Txn::create(svc)])).unwrap();
+            let n1 = sm.get::<Network>("n1").unwrap().clone();
+            let err = sm.apply(4, &txn(vec![Txn::delete(&n1)])).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "network a is in use by service web; remove that first"
+            );
+            let svc = sm.get::<Service>("s").unwrap().clone();
+            sm.apply(
+                5,
+                &txn(vec![
+                    Txn::delete(&svc),
+                    Txn::create(task("t1", "n1", "10.0.0.9")),
+                ]),
+            )
+            .unwrap();
+            let err = sm.apply(6, &txn(vec![Txn::delete(&n1)])).unwrap_err();
+            assert!(err.to_string().contains("in use by task"), "{err}");
+            let t1 = sm.get::<Task>("t1").unwrap().clone();
+            sm.apply(7, &txn(vec![Txn::delete(&t1), Txn::delete(&n1)]))
+                .unwrap();
+            assert_eq!(sm.count(Kind::Network), 0);
+        }
     }
 }

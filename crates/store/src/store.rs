@@ -204,9 +204,9 @@ impl Store {
                 return Ok(self.index());
             }
             match self.commit(Txn::new(ops)).await {
-                Err(StoreError::Txn(TxnError::VersionMismatch { .. }))
-                    if attempt < UPDATE_RETRIES =>
-                {
+                Err(StoreError::Txn(
+                    TxnError::VersionMismatch { .. } | TxnError::AddressConflict(_),
+                )) if attempt < UPDATE_RETRIES => {
                     attempt += 1;
                 }
                 other => return other,

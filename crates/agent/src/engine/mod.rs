@@ -14,7 +14,7 @@ pub(crate) mod parse;
 mod record;
 pub mod service;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 pub use exec::ExecCapture;
 pub use parse::{human_duration, parse_bytes, MountRequest};
-pub use record::{ContainerRecord, State, Status};
+pub use record::{ContainerRecord, OverlayRequest, State, Status};
 
 use crate::statedir::write_atomic;
 
@@ -162,6 +162,14 @@ struct Inner {
     runc: Runc,
     volumes: Volumes,
     bridge: Bridge,
+    overlay: rswarm_network::Overlay,
+    /// Overlay attachments per VXLAN id, so the network agent never removes a network's devices
+    /// while a container uses (or is joining) it.
+    overlay_use: OverlayUse,
+    /// The embedded DNS and VIP rules of containers on overlay networks.
+    discovery: crate::discovery::Discovery,
+    /// Set once the node has a session (see [`Engine::set_cluster_networks`]).
+    cluster_networks: std::sync::RwLock<Option<Arc<dyn ClusterNetworks>>>,
     shim: PathBuf,
     init: Option<PathBuf>,
     log_max_size: u64,
@@ -170,6 +178,75 @@ struct Inner {
     table: Mutex<BTreeMap<String, Entry>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// An address on a cluster network for a standalone container, as the cluster gave it.
+pub struct ClusterAttachment {
+    /// The cluster's id of the attachment (to give it back).
+    pub id: String,
+    pub overlay: OverlayRequest,
+    /// The network is `--internal`: the container gets no bridge.
+    pub internal: bool,
+}
+
+/// How the engine reaches the cluster for `container run --network NAME` (the node's session).
+pub trait ClusterNetworks: Send + Sync + 'static {
+    /// An address on attachable network `network` for the container.
+    fn attach<'a>(
+        &'a self,
+        network: &'a str,
+        container_id: &'a str,
+        container_name: &'a str,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<ClusterAttachment, String>>;
+    /// Gives an attachment back.
+    fn detach<'a>(&'a self, attachment_id: &'a str) -> futures::future::BoxFuture<'a, ()>;
+}
+
+/// Counts of overlay attachments per VXLAN id.
+#[derive(Default)]
+struct OverlayUse(Mutex<HashMap<u32, usize>>);
+
+impl OverlayUse {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, vni: u32) {
+        *self.lock().entry(vni).or_default() += 1;
+    }
+
+    fn remove(&self, vni: u32) {
+        let mut m = self.lock();
+        if let Some(n) = m.get_mut(&vni) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&vni);
+            }
+        }
+    }
+
+    fn in_use(&self, vni: u32) -> bool {
+        self.lock().contains_key(&vni)
+    }
+
+    /// Counts a use for as long as the guard lives (an attach in progress).
+    fn hold(&self, vni: u32) -> UseGuard<'_> {
+        self.add(vni);
+        UseGuard { uses: self, vni }
+    }
+}
+
+struct UseGuard<'a> {
+    uses: &'a OverlayUse,
+    vni: u32,
+}
+
+impl Drop for UseGuard<'_> {
+    fn drop(&mut self) {
+        self.uses.remove(self.vni);
+    }
 }
 
 /// A handle on the node's engine; cheap to clone.
@@ -271,7 +348,10 @@ impl Engine {
         }
         let images = ImageStore::open(&root.join("images"), options.registries.clone())?;
         let volumes = Volumes::open(root.join("volumes")).map_err(EngineError::runtime)?;
-        let bridge = Bridge::new(BridgeConfig::for_state_dir(&root)).await?;
+        let bridge_config = BridgeConfig::for_state_dir(&root);
+        // The bridge's hash tells two agents' overlay devices apart in one namespace too.
+        let overlay = rswarm_network::Overlay::new(&bridge_config.bridge_name[3..7])?;
+        let bridge = Bridge::new(bridge_config).await?;
         let cgroup_parent = format!("/{}", cgroup::parent_for_state_dir(&root));
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -281,6 +361,15 @@ impl Engine {
                 runc,
                 volumes,
                 bridge,
+                overlay,
+                overlay_use: OverlayUse::default(),
+                cluster_networks: std::sync::RwLock::new(None),
+                discovery: crate::discovery::Discovery::new(
+                    crate::discovery::Discovery::upstream_from_resolv_conf(
+                        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    ),
+                    cancel.clone(),
+                ),
                 shim,
                 init: Some(init),
                 log_max_size: options.log_max_size.unwrap_or(DEFAULT_LOG_MAX_SIZE),
@@ -292,6 +381,14 @@ impl Engine {
             }),
         };
         engine.recover().await?;
+        // As dockerd makes docker0 at start: the bridge and its rules are ready before the
+        // first container needs them (an attach meanwhile waits for this).
+        let bridge = engine.inner.bridge.clone();
+        engine.inner.tasks.spawn(async move {
+            if let Err(e) = bridge.prepare().await {
+                tracing::warn!(error = %e, "cannot set up the bridge network yet; the first bridge container will try again");
+            }
+        });
         Ok(engine)
     }
 
@@ -411,7 +508,12 @@ impl Engine {
                 req.image, req.image
             ))
         })?;
-        let network: NetworkMode = if req.network.is_empty() {
+        // A name that is no local mode is a cluster network (attachable overlays).
+        let cluster_network = (!req.network.is_empty()
+            && req.network.parse::<NetworkMode>().is_err()
+            && !req.network.contains(':'))
+        .then(|| req.network.clone());
+        let network: NetworkMode = if req.network.is_empty() || cluster_network.is_some() {
             NetworkMode::Bridge
         } else {
             req.network.parse()?
@@ -419,6 +521,11 @@ impl Engine {
         let mut ports: Vec<PortMapping> = Vec::new();
         for p in &req.publish {
             ports.extend(rswarm_network::parse_publish(p)?);
+        }
+        if !req.overlays.is_empty() && !matches!(network, NetworkMode::Bridge | NetworkMode::None) {
+            return Err(EngineError::invalid(format!(
+                "overlay networks need a network namespace of the container's own; --network {network} shares another"
+            )));
         }
         if !ports.is_empty() && network != NetworkMode::Bridge {
             return Err(EngineError::invalid(format!(
@@ -489,6 +596,36 @@ impl Engine {
         .map_err(|e| EngineError::invalid(e.to_string()))?;
         // Validates limits and mounts before anything is written.
         spec::validate(&config).map_err(|e| EngineError::invalid(e.to_string()))?;
+        let mut overlays = req.overlays;
+        let mut network = network;
+        let mut network_attachment = None;
+        if let Some(net) = &cluster_network {
+            if self.table().values().any(|e| e.record.name == name) {
+                return Err(EngineError::Conflict(format!(
+                    "the container name \"/{name}\" is already in use; remove that container or choose another name"
+                )));
+            }
+            let cluster = self.cluster_networks().ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "network {net} not found: this node is not part of a cluster yet"
+                ))
+            })?;
+            let a = cluster
+                .attach(net, &id, &name)
+                .await
+                .map_err(EngineError::invalid)?;
+            if a.internal {
+                network = NetworkMode::None;
+            }
+            if !ports.is_empty() && a.internal {
+                cluster.detach(&a.id).await;
+                return Err(EngineError::invalid(format!(
+                    "network {net} is internal: it has no way in or out, so -p cannot publish ports"
+                )));
+            }
+            overlays.push(a.overlay);
+            network_attachment = Some(a.id);
+        }
         let record = ContainerRecord {
             id: id.clone(),
             name: name.clone(),
@@ -514,10 +651,15 @@ impl Engine {
             },
             attachment: None,
             labels: req.labels,
+            overlays,
+            overlay_attachments: Vec::new(),
+            network_attachment,
         };
         {
             let mut table = self.table();
             if table.values().any(|e| e.record.name == name) {
+                drop(table);
+                self.give_back(&record);
                 return Err(EngineError::Conflict(format!(
                     "the container name \"/{name}\" is already in use; remove that container or choose another name"
                 )));
@@ -534,6 +676,7 @@ impl Engine {
         if let Err(e) = self.prepare_dir(&record) {
             self.table().remove(&id);
             self.destroy_dir(&id);
+            self.give_back(&record);
             return Err(e);
         }
         tracing::info!(id = %record.short_id(), name = %record.name, image = %record.image, "container created");
@@ -552,6 +695,7 @@ impl Engine {
     /// Unmounts and removes a container's directory; tolerant of partial state.
     fn destroy_dir(&self, id: &str) {
         let dir = self.dir(id);
+        release_netns(&dir.join("netns"));
         let rootfs_dir = dir.join("rootfs");
         if let Err(e) = rootfs::unmount(&rootfs_dir) {
             tracing::warn!(id, error = %e, "cannot unmount the root filesystem");
@@ -621,7 +765,13 @@ impl Engine {
         )
         .map_err(|e| EngineError::invalid(e.to_string()))?;
 
+        // A bridge container gets a namespace made and wired beforehand (see below).
+        let own_netns = dir.join("netns");
+        let own = record.network == NetworkMode::Bridge || !record.overlays.is_empty();
         let (net, shared_etc) = match &record.network {
+            NetworkMode::None | NetworkMode::Bridge if own => {
+                (NamespaceNet::Join(own_netns.clone()), None)
+            }
             NetworkMode::None | NetworkMode::Bridge => (NamespaceNet::New, None),
             NetworkMode::Host => (NamespaceNet::Host, None),
             NetworkMode::Container(other) => {
@@ -696,7 +846,12 @@ impl Engine {
         // /etc/hosts, /etc/hostname, /etc/resolv.conf: our own files, or the joined container's.
         let etc_dir = shared_etc.unwrap_or_else(|| dir.clone());
         if etc_dir == dir {
-            write_etc_files(&dir, &record.config.hostname, &record.network)?;
+            write_etc_files(
+                &dir,
+                &record.config.hostname,
+                &record.network,
+                !record.overlays.is_empty(),
+            )?;
         }
         let hosts = etc_dir.join("hosts");
         let hostname_file = etc_dir.join("hostname");
@@ -726,9 +881,44 @@ impl Engine {
         if self.inner.runc.root().join(&id).exists() {
             let _ = self.inner.runc.delete(&id, true).await;
         }
-        // Only the bridge has work to do between create and start (a veth into the new
-        // namespace); everything else starts in one runc call.
-        let start_now = record.network != NetworkMode::Bridge;
+        // The bridge's veth goes into a namespace made beforehand, so every mode starts with one
+        // runc call (`runc run --detach`), and a failed attach costs no runc work.
+        let attachment = match self.attach_network(record, &own_netns).await {
+            Ok(a) => a,
+            Err(e) => {
+                release_netns(&own_netns);
+                return Err(e);
+            }
+        };
+        let overlays = match self
+            .attach_overlays(record, &own_netns, attachment.is_some())
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(a) = &attachment {
+                    let _ = self.inner.bridge.detach(a).await;
+                }
+                release_netns(&own_netns);
+                return Err(e);
+            }
+        };
+
+        if !record.overlays.is_empty() {
+            let networks = record
+                .overlays
+                .iter()
+                .map(|o| o.network_id.clone())
+                .collect();
+            if let Err(e) = self.inner.discovery.attach(&id, &own_netns, networks).await {
+                if let Some(a) = &attachment {
+                    let _ = self.inner.bridge.detach(a).await;
+                }
+                self.detach_overlays(&id, &overlays).await;
+                release_netns(&own_netns);
+                return Err(EngineError::runtime(e));
+            }
+        }
 
         let args = ShimArgs {
             id: id.clone(),
@@ -737,31 +927,23 @@ impl Engine {
             runc_root: self.inner.runc.root().to_path_buf(),
             log_max_size: self.inner.log_max_size,
             log_max_files: self.inner.log_max_files,
-            start: start_now,
+            start: true,
             detached: false,
         };
         let t_prepared = t0.elapsed();
-        let started = shim::spawn_shim(&self.inner.shim, &args)
-            .await
-            .map_err(EngineError::runtime)?;
-
-        let t_shim = t0.elapsed();
-        let attachment = match self.attach_network(record, started.pid).await {
-            Ok(a) => a,
+        let started = match shim::spawn_shim(&self.inner.shim, &args).await {
+            Ok(s) => s,
             Err(e) => {
-                self.abort_start(&id, started.shim_pid).await;
-                return Err(e);
-            }
-        };
-        if !start_now {
-            if let Err(e) = self.inner.runc.start(&id).await {
                 if let Some(a) = &attachment {
                     let _ = self.inner.bridge.detach(a).await;
                 }
-                self.abort_start(&id, started.shim_pid).await;
+                self.inner.discovery.detach(&id);
+                self.detach_overlays(&id, &overlays).await;
+                release_netns(&own_netns);
                 return Err(EngineError::runtime(e));
             }
-        }
+        };
+        let t_shim = t0.elapsed();
         if let Some(a) = &attachment {
             write_hosts(&dir.join("hosts"), &record.config.hostname, Some(a.ip))?;
         }
@@ -781,6 +963,7 @@ impl Engine {
                     finished_at: 0,
                 };
                 r.attachment = attachment;
+                r.overlay_attachments = overlays;
             }
         }
         let rec = self.record(&id)?;
@@ -797,14 +980,69 @@ impl Engine {
         Ok(())
     }
 
+    /// Puts the container's namespace at `netns` on each of its overlay networks (`eth1`, … after
+    /// the bridge's `eth0`; from `eth0` without it). Undoes what it did on failure.
+    async fn attach_overlays(
+        &self,
+        record: &ContainerRecord,
+        netns: &Path,
+        bridged: bool,
+    ) -> Result<Vec<rswarm_network::OverlayAttachment>> {
+        if record.overlays.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !bridged {
+            // Internal networks only: the namespace is ours to make.
+            release_netns(netns);
+            rswarm_network::create_netns(netns)?;
+        }
+        let first = usize::from(bridged);
+        let mut done = Vec::with_capacity(record.overlays.len());
+        for (i, o) in record.overlays.iter().enumerate() {
+            let ifname = format!("eth{}", first + i);
+            let _use = self.inner.overlay_use.hold(o.vni);
+            match self
+                .inner
+                .overlay
+                .attach(&o.network(), &record.id, netns, &ifname, o.ip)
+                .await
+            {
+                Ok(a) => done.push(a),
+                Err(e) => {
+                    self.detach_overlays(&record.id, &done).await;
+                    return Err(EngineError::invalid(format!(
+                        "cannot join network {}: {e}",
+                        o.name
+                    )));
+                }
+            }
+        }
+        for a in &done {
+            self.inner.overlay_use.add(a.vni);
+        }
+        Ok(done)
+    }
+
+    async fn detach_overlays(&self, id: &str, atts: &[rswarm_network::OverlayAttachment]) {
+        for a in atts {
+            if let Err(e) = self.inner.overlay.detach(a).await {
+                tracing::warn!(id, vni = a.vni, error = %e, "cannot leave an overlay network");
+            }
+            self.inner.overlay_use.remove(a.vni);
+        }
+    }
+
+    /// For the bridge: makes the container's namespace at `netns` and attaches it.
     async fn attach_network(
         &self,
         record: &ContainerRecord,
-        pid: i32,
+        netns: &Path,
     ) -> Result<Option<rswarm_network::Attachment>> {
-        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         match record.network {
             NetworkMode::Bridge => {
+                // Left over by a crash between create and remove: start afresh.
+                release_netns(netns);
+                rswarm_network::create_netns(netns)?;
                 let (used_ips, used_host_ports) = {
                     let table = self.table();
                     let mut ips = Vec::new();
@@ -822,7 +1060,7 @@ impl Engine {
                     .bridge
                     .attach(AttachRequest {
                         container_id: record.id.clone(),
-                        netns,
+                        netns: netns.to_path_buf(),
                         ports: record.ports.clone(),
                         used_ips,
                         used_host_ports,
@@ -833,12 +1071,6 @@ impl Engine {
             // runc brings `lo` up in a namespace it creates.
             NetworkMode::None | NetworkMode::Host | NetworkMode::Container(_) => Ok(None),
         }
-    }
-
-    async fn abort_start(&self, id: &str, shim_pid: i32) {
-        let _ = self.inner.runc.kill(id, "KILL", true).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), shim::wait_shim(shim_pid)).await;
-        let _ = self.inner.runc.delete(id, true).await;
     }
 
     /// Waits for the shim of a running container, then records the exit.
@@ -884,15 +1116,20 @@ impl Engine {
             ),
             Err(e) => (255, format!("cannot read the exit status: {e}"), false),
         };
-        let attachment = self.record(id).ok().and_then(|r| r.attachment);
+        let record = self.record(id).ok();
+        let attachment = record.as_ref().and_then(|r| r.attachment.clone());
         if let Some(a) = &attachment {
             if let Err(e) = self.inner.bridge.detach(a).await {
                 tracing::warn!(id, error = %e, "cannot release the container's network");
             }
         }
+        let overlays = record.map(|r| r.overlay_attachments).unwrap_or_default();
+        self.inner.discovery.detach(id);
+        self.detach_overlays(id, &overlays).await;
         if let Err(e) = self.inner.runc.delete(id, true).await {
             tracing::warn!(id, error = %e, "runc delete failed");
         }
+        release_netns(&dir.join("netns"));
         let report = ExitReport {
             exit_code,
             oom_killed: oom,
@@ -906,6 +1143,7 @@ impl Engine {
             r.state.finished_at = now();
             r.state.pid = 0;
             r.state.shim_pid = 0;
+            r.overlay_attachments.clear();
         });
         if let Some(e) = self.table().get(id) {
             e.exit.send_replace(Some(report));
@@ -975,7 +1213,9 @@ impl Engine {
 
     fn remove_locked(&self, id: &str) {
         self.destroy_dir(id);
-        self.table().remove(id);
+        if let Some(e) = self.table().remove(id) {
+            self.give_back(&e.record);
+        }
         tracing::info!(id = %&id[..12.min(id.len())], "container removed");
     }
 
@@ -1054,6 +1294,24 @@ impl Engine {
         if !live.is_empty() || !dead.is_empty() {
             self.inner.bridge.restore(&live).await?;
         }
+        for e in self.table().values() {
+            if running.iter().any(|(id, _)| *id == e.record.id) {
+                for a in &e.record.overlay_attachments {
+                    self.inner.overlay_use.add(a.vni);
+                }
+            }
+        }
+        for (id, _) in &running {
+            let Ok(r) = self.record(id) else { continue };
+            if r.overlays.is_empty() {
+                continue;
+            }
+            let networks = r.overlays.iter().map(|o| o.network_id.clone()).collect();
+            let netns = self.dir(id).join("netns");
+            if let Err(e) = self.inner.discovery.attach(id, &netns, networks).await {
+                tracing::warn!(id = %r.short_id(), error = %e, "cannot serve DNS to a re-adopted container");
+            }
+        }
         for (id, shim_pid) in running {
             tracing::info!(id = %&id[..12.min(id.len())], "re-adopted running container");
             self.supervise(id, shim_pid);
@@ -1063,6 +1321,50 @@ impl Engine {
             self.on_exit(&id).await;
         }
         Ok(())
+    }
+
+    /// Lets `container run --network NAME` join attachable cluster networks through `c`.
+    pub fn set_cluster_networks(&self, c: Arc<dyn ClusterNetworks>) {
+        *self
+            .inner
+            .cluster_networks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
+    }
+
+    /// Gives a removed container's cluster address back, in the background.
+    fn give_back(&self, record: &ContainerRecord) {
+        let (Some(att), Some(cluster)) =
+            (record.network_attachment.clone(), self.cluster_networks())
+        else {
+            return;
+        };
+        self.inner
+            .tasks
+            .spawn(async move { cluster.detach(&att).await });
+    }
+
+    fn cluster_networks(&self) -> Option<Arc<dyn ClusterNetworks>> {
+        self.inner
+            .cluster_networks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node's overlay networks (devices, FDB and neighbour entries), for the network agent.
+    pub fn overlay(&self) -> &rswarm_network::Overlay {
+        &self.inner.overlay
+    }
+
+    /// The embedded DNS and VIP rules (the network agent feeds it tables).
+    pub fn discovery(&self) -> &crate::discovery::Discovery {
+        &self.inner.discovery
+    }
+
+    /// Whether a container on this node uses (or is joining) overlay network `vni`.
+    pub fn overlay_in_use(&self, vni: u32) -> bool {
+        self.inner.overlay_use.in_use(vni)
     }
 
     /// The runc driver, for exec.
@@ -1089,9 +1391,20 @@ pub struct CreateRequest {
     pub auto_remove: bool,
     pub stop_timeout: Option<u32>,
     pub labels: BTreeMap<String, String>,
+    /// Overlay networks to join (service tasks); with network `none` they are its only
+    /// interfaces (an internal network: no way out).
+    pub overlays: Vec<OverlayRequest>,
 }
 
-fn write_etc_files(dir: &Path, hostname: &str, network: &NetworkMode) -> Result<()> {
+/// The resolver every container on an overlay network asks, inside its own namespace (Docker's).
+pub const EMBEDDED_DNS: &str = "127.0.0.11";
+
+fn write_etc_files(
+    dir: &Path,
+    hostname: &str,
+    network: &NetworkMode,
+    embedded_dns: bool,
+) -> Result<()> {
     let write = |name: &str, content: &[u8]| {
         let p = dir.join(name);
         std::fs::write(&p, content).map_err(|e| EngineError::io("write", &p, e))
@@ -1103,6 +1416,19 @@ fn write_etc_files(dir: &Path, hostname: &str, network: &NetworkMode) -> Result<
             let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
             write("hosts", &hosts)?;
             write("resolv.conf", host_resolv.as_bytes())?;
+        }
+        _ if embedded_dns => {
+            write_hosts(&dir.join("hosts"), hostname, None)?;
+            // Service names first, then the host's resolvers (the embedded resolver forwards).
+            let search: String = host_resolv
+                .lines()
+                .filter(|l| l.trim_start().starts_with("search "))
+                .map(|l| format!("{}\n", l.trim()))
+                .collect();
+            write(
+                "resolv.conf",
+                format!("{search}nameserver {EMBEDDED_DNS}\noptions ndots:0\n").as_bytes(),
+            )?;
         }
         _ => {
             write_hosts(&dir.join("hosts"), hostname, None)?;
@@ -1123,6 +1449,13 @@ fn write_etc_files(dir: &Path, hostname: &str, network: &NetworkMode) -> Result<
 
 /// Replaces `path` through a temporary file and a rename (readers never see half a file), without
 /// the fsync of [`write_atomic`]: for files regenerated at every start.
+/// Removes a container's own network namespace (if any), logging what cannot be undone.
+fn release_netns(path: &Path) {
+    if let Err(e) = rswarm_network::remove_netns(path) {
+        tracing::warn!(error = %e, "cannot release a container's network namespace");
+    }
+}
+
 fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| EngineError::io("write", &tmp, e))?;

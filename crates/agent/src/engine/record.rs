@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rswarm_network::{Attachment, NetworkMode, PortMapping};
+use rswarm_network::{Attachment, NetworkMode, OverlayAttachment, PortMapping};
 use rswarm_runtime::spec::ContainerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,43 @@ pub struct ContainerRecord {
     pub attachment: Option<Attachment>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Overlay networks to join at every start (a service task's networks).
+    #[serde(default)]
+    pub overlays: Vec<OverlayRequest>,
+    /// Its interfaces on those networks while it runs.
+    #[serde(default)]
+    pub overlay_attachments: Vec<OverlayAttachment>,
+    /// A standalone container on an attachable cluster network: the cluster's id of its address
+    /// (given back when the container is removed).
+    #[serde(default)]
+    pub network_attachment: Option<String>,
+}
+
+/// One overlay network a container joins, with its address there (allocated by the cluster).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayRequest {
+    pub network_id: String,
+    pub name: String,
+    pub vni: u32,
+    pub subnet: ipnet::Ipv4Net,
+    /// 0: the underlay's MTU less the VXLAN overhead.
+    pub mtu: u32,
+    pub ip: std::net::Ipv4Addr,
+    /// This node's address (the VTEP) and the VXLAN port.
+    pub local_ip: std::net::Ipv4Addr,
+    pub port: u16,
+}
+
+impl OverlayRequest {
+    pub fn network(&self) -> rswarm_network::OverlayNetwork {
+        rswarm_network::OverlayNetwork {
+            vni: self.vni,
+            subnet: self.subnet,
+            mtu: self.mtu,
+            local_ip: self.local_ip,
+            port: self.port,
+        }
+    }
 }
 
 impl ContainerRecord {

@@ -235,6 +235,7 @@ pub fn create_request(spec: pb::ContainerSpec) -> CreateRequest {
         auto_remove: spec.auto_remove,
         stop_timeout: (spec.stop_timeout > 0).then_some(spec.stop_timeout),
         labels: spec.labels.into_iter().collect(),
+        overlays: Vec::new(),
     }
 }
 

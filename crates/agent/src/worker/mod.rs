@@ -27,7 +27,9 @@ mod state;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use rswarm_api::dispatcher::v1::AssignmentsMessage;
+use std::sync::Arc;
+
+use rswarm_api::dispatcher::v1::{AssignmentsMessage, NetworkTable};
 use rswarm_api::types::v1::Task;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -43,6 +45,7 @@ pub use spec::{
 pub use state::{parse_state, Desired, Progress, TaskState};
 
 use crate::engine::Engine;
+use crate::netagent::NetView;
 use runner::{Assignment, Runner};
 
 /// Assignment messages waiting for the table.
@@ -70,6 +73,8 @@ pub struct WorkerLink {
     pub target: watch::Sender<Option<ReportTarget>>,
     /// The node's engine, whose task containers' logs the session publishes.
     pub engine: Engine,
+    /// The session's network tables, for the network agent and the runners.
+    pub tables: watch::Sender<Option<Arc<NetworkTable>>>,
 }
 
 impl Worker {
@@ -77,11 +82,17 @@ impl Worker {
         Worker { engine }
     }
 
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Returns the link the session feeds and the future that runs the worker until `cancel`
     /// fires (containers keep running).
     pub fn start(
         self,
         node_id: String,
+        nets: NetView,
+        tables: watch::Sender<Option<Arc<NetworkTable>>>,
         cancel: CancellationToken,
     ) -> (WorkerLink, impl Future<Output = ()> + Send + 'static) {
         let (atx, arx) = mpsc::channel(ASSIGNMENT_QUEUE);
@@ -91,6 +102,7 @@ impl Worker {
         let table = Table {
             engine: self.engine,
             node_id,
+            nets,
             runners: HashMap::new(),
             cleaning: HashSet::new(),
             jobs: JoinSet::new(),
@@ -105,6 +117,7 @@ impl Worker {
                 assignments: atx,
                 target: ttx,
                 engine,
+                tables,
             },
             driver,
         )
@@ -121,6 +134,7 @@ enum Job {
 struct Table {
     engine: Engine,
     node_id: String,
+    nets: NetView,
     runners: HashMap<String, watch::Sender<Assignment>>,
     /// Containers being removed.
     cleaning: HashSet<String>,
@@ -211,6 +225,7 @@ impl Table {
         let runner = Runner::new(
             self.engine.clone(),
             self.node_id.clone(),
+            self.nets.clone(),
             task,
             rx,
             self.reports.clone(),

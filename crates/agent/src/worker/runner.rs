@@ -19,6 +19,7 @@ use super::reporter::Report;
 use super::spec;
 use super::state::{parse_state, Desired, Progress, TaskState};
 use crate::engine::{ContainerRecord, Engine, Status};
+use crate::netagent::NetView;
 
 /// What the worker tells a runner.
 #[derive(Clone, Debug)]
@@ -53,6 +54,7 @@ type Probe = Pin<Box<dyn Future<Output = bool> + Send>>;
 pub struct Runner {
     engine: Engine,
     node_id: String,
+    nets: NetView,
     task: Task,
     gone: bool,
     updates: watch::Receiver<Assignment>,
@@ -65,6 +67,9 @@ pub struct Runner {
     tracker: Option<(HealthTracker, Instant)>,
     next_check: Option<Instant>,
 }
+
+/// How long a task waits for the manager's table of its networks.
+const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -118,6 +123,7 @@ impl Runner {
     pub fn new(
         engine: Engine,
         node_id: String,
+        nets: NetView,
         task: Task,
         updates: watch::Receiver<Assignment>,
         reports: mpsc::Sender<Report>,
@@ -128,6 +134,7 @@ impl Runner {
         Runner {
             engine,
             node_id,
+            nets,
             task,
             gone: false,
             updates,
@@ -335,10 +342,20 @@ impl Runner {
         }
         self.report(TaskState::Accepted, "accepted").await;
         self.report(TaskState::Preparing, "preparing").await;
-        let request = match spec::create_request(&self.task, &self.node_id) {
+        let mut request = match spec::create_request(&self.task, &self.node_id) {
             Ok(r) => r,
             Err(e) => return self.reject(e.to_string()).await,
         };
+        match self.nets.overlays_for(&self.task, NETWORK_WAIT).await {
+            Ok((overlays, internal_only)) => {
+                if internal_only {
+                    // Only internal networks: no bridge, so no way out.
+                    request.network = "none".into();
+                }
+                request.overlays = overlays;
+            }
+            Err(e) => return self.reject(e).await,
+        }
         match self.pull().await {
             Pull::Ready => {}
             Pull::Interrupted if self.cancel.is_cancelled() => return Flow::Stop,

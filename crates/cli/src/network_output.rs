@@ -1,0 +1,315 @@
+//! `network ls` and `network inspect` as docker prints them for swarm overlay networks. Pure
+//! functions over API messages, unit-tested.
+
+use rswarm_api::types::v1::{Network, NetworkSpec};
+use serde_json::{json, Map, Value};
+
+use crate::network_args::{MTU_OPTION, OVERLAY, VXLANID_OPTION};
+use crate::output::table;
+use crate::service_output::short;
+
+fn spec(n: &Network) -> NetworkSpec {
+    n.spec.clone().unwrap_or_default()
+}
+
+fn driver(sp: &NetworkSpec) -> &str {
+    if sp.driver.is_empty() {
+        OVERLAY
+    } else {
+        &sp.driver
+    }
+}
+
+/// Cluster networks are all swarm-scoped.
+pub const SCOPE: &str = "swarm";
+
+pub const LS_HEADER: [&str; 4] = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"];
+
+/// Docker's order: by name (then id).
+pub fn sorted(networks: &[Network]) -> Vec<&Network> {
+    let mut v: Vec<&Network> = networks.iter().collect();
+    v.sort_by_key(|n| (spec(n).name, n.id.clone()));
+    v
+}
+
+fn id_text(n: &Network, no_trunc: bool) -> String {
+    if no_trunc {
+        n.id.clone()
+    } else {
+        short(&n.id)
+    }
+}
+
+/// `network ls` rows: NETWORK ID NAME DRIVER SCOPE.
+pub fn ls_rows(networks: &[Network], no_trunc: bool) -> Vec<Vec<String>> {
+    sorted(networks)
+        .into_iter()
+        .map(|n| {
+            let sp = spec(n);
+            vec![
+                id_text(n, no_trunc),
+                sp.name.clone(),
+                driver(&sp).to_string(),
+                SCOPE.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// `network ls`.
+pub fn ls_table(networks: &[Network], no_trunc: bool) -> String {
+    table(&LS_HEADER, &ls_rows(networks, no_trunc))
+}
+
+/// `network ls -q`.
+pub fn ls_ids(networks: &[Network], no_trunc: bool) -> String {
+    sorted(networks)
+        .into_iter()
+        .map(|n| format!("{}\n", id_text(n, no_trunc)))
+        .collect()
+}
+
+/// RFC 3339 → Go's `time.Time` text (`2024-01-02 10:00:00.5 +0000 UTC`), as docker's
+/// `--format json` prints CreatedAt; unparsable text is passed through.
+pub fn go_time(rfc3339: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let Ok(t) = time::OffsetDateTime::parse(rfc3339, &Rfc3339) else {
+        return rfc3339.to_string();
+    };
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let mut text = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if t.nanosecond() > 0 {
+        let frac = format!("{:09}", t.nanosecond());
+        text.push('.');
+        text.push_str(frac.trim_end_matches('0'));
+    }
+    text.push_str(" +0000 UTC");
+    text
+}
+
+fn labels_text(sp: &NetworkSpec) -> String {
+    let mut labels: Vec<String> = sp.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    labels.join(",")
+}
+
+/// `network ls --format json`: one object per line, docker's field names (all strings).
+pub fn ls_json_lines(networks: &[Network], no_trunc: bool) -> String {
+    sorted(networks)
+        .into_iter()
+        .map(|n| {
+            let sp = spec(n);
+            let v = json!({
+                "CreatedAt": go_time(&n.created_at),
+                "Driver": driver(&sp),
+                "ID": id_text(n, no_trunc),
+                "IPv4": "true",
+                "IPv6": "false",
+                "Internal": sp.internal.to_string(),
+                "Labels": labels_text(&sp),
+                "Name": sp.name,
+                "Scope": SCOPE,
+            });
+            format!("{v}\n")
+        })
+        .collect()
+}
+
+/// `network inspect`: docker's shape for a swarm overlay network. `verbose` adds the services on
+/// the network (keyed by name, as `docker network inspect -v`) and rswarm's count of its tasks.
+pub fn inspect_json(n: &Network, verbose: bool) -> Value {
+    let sp = spec(n);
+    let subnet = if n.subnet.is_empty() {
+        &sp.subnet
+    } else {
+        &n.subnet
+    };
+    let gateway = if n.gateway.is_empty() {
+        &sp.gateway
+    } else {
+        &n.gateway
+    };
+    let config: Vec<Value> = if subnet.is_empty() {
+        Vec::new()
+    } else {
+        let mut c = json!({ "Subnet": subnet });
+        if !gateway.is_empty() {
+            c["Gateway"] = json!(gateway);
+        }
+        vec![c]
+    };
+    let mut options = Map::new();
+    if n.vni != 0 {
+        options.insert(VXLANID_OPTION.into(), json!(n.vni.to_string()));
+    }
+    if sp.mtu != 0 {
+        options.insert(MTU_OPTION.into(), json!(sp.mtu.to_string()));
+    }
+    let labels: Map<String, Value> = {
+        let mut l: Vec<_> = sp.labels.iter().collect();
+        l.sort();
+        l.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect()
+    };
+    let mut v = json!({
+        "Name": sp.name,
+        "Id": n.id,
+        "Created": n.created_at,
+        "Scope": SCOPE,
+        "Driver": driver(&sp),
+        "EnableIPv4": true,
+        "EnableIPv6": false,
+        "IPAM": { "Driver": "default", "Options": null, "Config": config },
+        "Internal": sp.internal,
+        "Attachable": sp.attachable,
+        "Ingress": false,
+        "ConfigFrom": { "Network": "" },
+        "ConfigOnly": false,
+        "Options": options,
+        "Labels": labels,
+    });
+    if verbose {
+        let services: Map<String, Value> =
+            n.services.iter().map(|s| (s.clone(), json!({}))).collect();
+        v["Services"] = Value::Object(services);
+        v["Tasks"] = json!(n.tasks);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(id: &str, name: &str) -> Network {
+        Network {
+            id: id.into(),
+            version: 1,
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                ..NetworkSpec::default()
+            }),
+            subnet: "10.0.1.0/24".into(),
+            gateway: "10.0.1.1".into(),
+            vni: 4097,
+            created_at: "2024-01-02T10:00:00.5Z".into(),
+            ..Network::default()
+        }
+    }
+
+    #[test]
+    fn ls_table_sorted_by_name_with_short_ids() {
+        let nets = [
+            network("zq0ze2lg1wj1jq0jj0t4qnvn7", "web-net"),
+            network("a1b2c3d4e5f6g7h8i9", "backend"),
+        ];
+        assert_eq!(
+            ls_table(&nets, false),
+            "NETWORK ID     NAME      DRIVER    SCOPE\n\
+             a1b2c3d4e5f6   backend   overlay   swarm\n\
+             zq0ze2lg1wj1   web-net   overlay   swarm\n"
+        );
+        assert_eq!(
+            ls_table(&nets, true).lines().nth(1).unwrap(),
+            "a1b2c3d4e5f6g7h8i9          backend   overlay   swarm"
+        );
+        assert_eq!(ls_ids(&nets, false), "a1b2c3d4e5f6\nzq0ze2lg1wj1\n");
+        assert_eq!(ls_table(&[], false), "NETWORK ID   NAME   DRIVER   SCOPE\n");
+    }
+
+    #[test]
+    fn ls_json_lines_use_dockers_fields() {
+        let mut n = network("a1b2c3d4e5f6g7h8i9", "backend");
+        n.spec.as_mut().unwrap().labels = [
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]
+        .into();
+        let lines = ls_json_lines(&[n], false);
+        let v: Value = serde_json::from_str(lines.trim()).unwrap();
+        assert_eq!(v["ID"], "a1b2c3d4e5f6");
+        assert_eq!(v["Name"], "backend");
+        assert_eq!(v["Driver"], "overlay");
+        assert_eq!(v["Scope"], "swarm");
+        assert_eq!(v["Internal"], "false");
+        assert_eq!(v["Labels"], "a=1,b=2");
+        assert_eq!(v["CreatedAt"], "2024-01-02 10:00:00.5 +0000 UTC");
+    }
+
+    #[test]
+    fn go_time_text() {
+        assert_eq!(
+            go_time("2024-01-02T10:00:00Z"),
+            "2024-01-02 10:00:00 +0000 UTC"
+        );
+        assert_eq!(
+            go_time("2024-01-02T11:00:00.123456789+01:00"),
+            "2024-01-02 10:00:00.123456789 +0000 UTC"
+        );
+        assert_eq!(go_time("soon"), "soon");
+    }
+
+    #[test]
+    fn inspect_json_has_dockers_shape() {
+        let mut n = network("qd0ze2lg1wj1jq0jj0t4qnvn7", "web-net");
+        {
+            let sp = n.spec.as_mut().unwrap();
+            sp.mtu = 1400;
+            sp.attachable = true;
+            sp.labels = [("team".to_string(), "a".to_string())].into();
+        }
+        n.services = vec!["web".into()];
+        n.tasks = 3;
+        let v = inspect_json(&n, false);
+        assert_eq!(
+            v,
+            json!({
+                "Name": "web-net",
+                "Id": "qd0ze2lg1wj1jq0jj0t4qnvn7",
+                "Created": "2024-01-02T10:00:00.5Z",
+                "Scope": "swarm",
+                "Driver": "overlay",
+                "EnableIPv4": true,
+                "EnableIPv6": false,
+                "IPAM": {
+                    "Driver": "default",
+                    "Options": null,
+                    "Config": [{ "Subnet": "10.0.1.0/24", "Gateway": "10.0.1.1" }],
+                },
+                "Internal": false,
+                "Attachable": true,
+                "Ingress": false,
+                "ConfigFrom": { "Network": "" },
+                "ConfigOnly": false,
+                "Options": {
+                    "com.docker.network.driver.overlay.vxlanid_list": "4097",
+                    "com.docker.network.driver.mtu": "1400",
+                },
+                "Labels": { "team": "a" },
+            })
+        );
+        let verbose = inspect_json(&n, true);
+        assert_eq!(verbose["Services"], json!({ "web": {} }));
+        assert_eq!(verbose["Tasks"], 3);
+        // No MTU set: no MTU option; the spec's subnet when nothing was allocated yet.
+        let mut bare = network("x", "y");
+        bare.subnet.clear();
+        bare.gateway.clear();
+        bare.spec.as_mut().unwrap().subnet = "10.0.9.0/24".into();
+        let v = inspect_json(&bare, false);
+        assert_eq!(v["IPAM"]["Config"], json!([{ "Subnet": "10.0.9.0/24" }]));
+        assert_eq!(
+            v["Options"],
+            json!({ "com.docker.network.driver.overlay.vxlanid_list": "4097" })
+        );
+        assert_eq!(v["Labels"], json!({}));
+    }
+}

@@ -1,0 +1,639 @@
+//! End-to-end tests of overlay networks: three test hosts (network namespaces) running real
+//! daemons, runc and a real registry; `rswarm network …` and `rswarm service create --network`
+//! driven as a user would, and traffic checked from inside the task containers. Need root, runc,
+//! tini, docker-registry, skopeo, busybox-static and iputils ping (CI installs them); skip with a
+//! message otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cli::{containers, lab, ok, rs, sleeper, TestCluster};
+use common::{Host, Lab};
+use serde_json::Value;
+
+/// Running containers of service `svc` on every host: (host index, container name).
+fn tasks(lab: &Lab, svc: &str) -> Vec<(usize, String)> {
+    lab.hosts()
+        .iter()
+        .flat_map(|h| {
+            containers(h, svc)
+                .into_iter()
+                .filter(|(_, state)| state == "running")
+                .map(|(name, _)| (h.index, name))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `rswarm container exec NAME sh -c SCRIPT` on `host`.
+fn exec(host: &Host, name: &str, script: &str) -> common::CmdOutput {
+    common::cli::rs_for(
+        host,
+        &["container", "exec", name, "sh", "-c", script],
+        Duration::from_secs(20),
+    )
+}
+
+/// The container's IPv4 address on interface `ifname`.
+fn addr_of(host: &Host, name: &str, ifname: &str) -> String {
+    let out = exec(host, name, &format!("ip -4 -o addr show dev {ifname}"));
+    out.assert_success(&format!("ip addr in {name}"));
+    out.stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv4 address on {ifname} of {name}: {}", out.stdout))
+        .to_string()
+}
+
+/// The container's init pid, for `nsenter --net=/proc/PID/ns/net`.
+fn pid_of(host: &Host, name: &str) -> u32 {
+    let v: Value =
+        serde_json::from_str(&ok(host, &["container", "inspect", name])).expect("inspect json");
+    v[0]["State"]["Pid"].as_u64().expect("State.Pid") as u32
+}
+
+/// iputils `ping` from inside the container's network namespace (busybox ping has no `-M do`).
+fn ping_from(host: &Host, name: &str, ip: &str, size: u32) -> bool {
+    let ns = format!("--net=/proc/{}/ns/net", pid_of(host, name));
+    let size = size.to_string();
+    let out = host.run(
+        "nsenter",
+        &[
+            &ns, "--", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", &size, ip,
+        ],
+        Duration::from_secs(10),
+    );
+    out.success()
+}
+
+/// Sets, inside every host, what a Docker host has: FORWARD policy DROP and bridged frames
+/// passed through iptables.
+fn like_a_docker_host(lab: &Lab) {
+    for h in lab.hosts() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status();
+        h.run(
+            "iptables",
+            &["-P", "FORWARD", "DROP"],
+            Duration::from_secs(10),
+        )
+        .assert_success("iptables -P FORWARD DROP");
+        let out = h.run(
+            "sysctl",
+            &["-w", "net.bridge.bridge-nf-call-iptables=1"],
+            Duration::from_secs(10),
+        );
+        out.assert_success("sysctl bridge-nf-call-iptables=1");
+    }
+}
+
+fn exercise(name: &str, docker_host: bool) {
+    let Some(lab) = lab(name, 3) else {
+        return;
+    };
+    if docker_host {
+        like_a_docker_host(&lab);
+    }
+    let c = TestCluster::start(&lab, 3, &[("test/bb:latest", sleeper())]);
+    let image = c.image("test/bb:latest");
+    let h1 = lab.host(1);
+
+    // Networks: one from the default pool, one with a chosen subnet, one internal.
+    let id = ok(h1, &["network", "create", "--driver", "overlay", "appnet"]);
+    assert!(!id.trim().is_empty(), "network create prints the id");
+    ok(
+        h1,
+        &["network", "create", "--subnet", "10.88.0.0/24", "othernet"],
+    );
+    ok(h1, &["network", "create", "--internal", "intnet"]);
+    let ls = ok(h1, &["network", "ls"]);
+    for n in ["appnet", "othernet", "intnet"] {
+        assert!(ls.contains(n), "{ls}");
+    }
+    let inspect: Value =
+        serde_json::from_str(&ok(h1, &["network", "inspect", "appnet"])).expect("inspect json");
+    assert_eq!(
+        inspect[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24",
+        "{inspect}"
+    );
+
+    // Bad input: overlapping and too-small subnets, unknown networks.
+    let out = rs(h1, &["network", "create", "--subnet", "10.88.0.0/16", "x1"]);
+    out.assert_failure("overlapping subnet");
+    assert!(out.stderr_lc().contains("overlaps"), "{out}");
+    let out = rs(h1, &["network", "create", "--subnet", "10.89.0.0/30", "x2"]);
+    out.assert_failure("too small subnet");
+    assert!(out.stderr_lc().contains("too small"), "{out}");
+    let out = rs(
+        h1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "lost",
+            "--network",
+            "nosuch",
+            &image,
+        ],
+    );
+    out.assert_failure("unknown network");
+    assert!(
+        out.stderr_lc().contains("network nosuch not found"),
+        "{out}"
+    );
+
+    // One task per host on appnet (h1 also on othernet), a task on othernet, internal tasks.
+    for args in [
+        vec!["--name", "a", "--mode", "global", "--network", "appnet"],
+        vec![
+            "--name",
+            "b",
+            "--network",
+            "othernet",
+            "--constraint",
+            "node.hostname==h2",
+        ],
+        vec!["--name", "c", "--mode", "global", "--network", "intnet"],
+    ] {
+        let mut full = vec!["service", "create"];
+        full.extend(args);
+        full.push(&image);
+        ok(h1, &full);
+    }
+    lab.wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            tasks(&lab, "a").len() == 3
+                && tasks(&lab, "b").len() == 1
+                && tasks(&lab, "c").len() == 3
+        },
+        "3 a tasks, 1 b task, 3 c tasks running",
+    );
+    let a = tasks(&lab, "a");
+    let a_ips: Vec<String> = a
+        .iter()
+        .map(|(h, n)| addr_of(lab.host(*h), n, "eth1"))
+        .collect();
+    for ip in &a_ips {
+        assert!(ip.starts_with("10.0.0."), "appnet address {ip}");
+    }
+
+    // Every pair across hosts: ping, a 1400-byte packet with DF set (no MTU black hole), TCP.
+    for (i, (hi, ni)) in a.iter().enumerate() {
+        let host = lab.host(*hi);
+        exec(host, ni, "httpd -p 8080 -h /etc").assert_success("httpd");
+        for (j, ip) in a_ips.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            assert!(ping_from(host, ni, ip, 56), "{ni} on h{hi} pings {ip}");
+            assert!(
+                ping_from(host, ni, ip, 1372),
+                "{ni} on h{hi}: 1400-byte ping with DF to {ip}"
+            );
+        }
+    }
+    for (i, (hi, ni)) in a.iter().enumerate() {
+        let peer = &a_ips[(i + 1) % a_ips.len()];
+        // Debian's static busybox wget crashes in glibc's resolver: curl from the container's
+        // network namespace instead.
+        let host = lab.host(*hi);
+        let ns = format!("--net=/proc/{}/ns/net", pid_of(host, ni));
+        let url = format!("http://{peer}:8080/hostname");
+        let out = host.run(
+            "nsenter",
+            &[&ns, "--", "curl", "-sS", "--max-time", "5", &url],
+            Duration::from_secs(10),
+        );
+        out.assert_success(&format!("TCP from {ni} to {peer}"));
+        assert!(!out.stdout.trim().is_empty(), "{out}");
+    }
+
+    // Names: the service name gives its VIP, tasks.NAME every task, other names go out.
+    let (h0, n0) = &a[0];
+    let host0 = lab.host(*h0);
+    let look = |name: &str| -> Vec<String> {
+        let out = exec(host0, n0, &format!("nslookup {name} 127.0.0.11"));
+        out.stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .filter_map(|l| {
+                l.strip_prefix("Address:")
+                    .or_else(|| l.strip_prefix("Address 1:"))
+            })
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let vip = look("a");
+    assert_eq!(vip.len(), 1, "service a has one VIP: {vip:?}");
+    assert!(!a_ips.contains(&vip[0]), "the VIP is no task's address");
+    let mut all = look("tasks.a");
+    all.sort();
+    let mut want = a_ips.clone();
+    want.sort();
+    assert_eq!(all, want, "tasks.a gives every task");
+    let resolv = exec(host0, n0, "cat /etc/resolv.conf").stdout;
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    // The VIP spreads connections over the tasks.
+    let ns0 = format!("--net=/proc/{}/ns/net", pid_of(host0, n0));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = host0.run(
+            "nsenter",
+            &[
+                &ns0,
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{}:8080/hostname", vip[0]),
+            ],
+            Duration::from_secs(10),
+        );
+        out.assert_success("curl the VIP");
+        seen.insert(out.stdout.trim().to_string());
+    }
+    assert!(
+        seen.len() >= 2,
+        "30 connections to the VIP reached one task only: {seen:?}"
+    );
+
+    // Networks are isolated: b (othernet, h2) and a's tasks cannot reach each other.
+    let (bh, bn) = tasks(&lab, "b").remove(0);
+    let b_ip = addr_of(lab.host(bh), &bn, "eth1");
+    assert!(b_ip.starts_with("10.88.0."), "{b_ip}");
+    for (hi, ni) in &a {
+        assert!(
+            !ping_from(lab.host(*hi), ni, &b_ip, 56),
+            "{ni} must not reach othernet"
+        );
+    }
+    for ip in &a_ips {
+        assert!(
+            !ping_from(lab.host(bh), &bn, ip, 56),
+            "b must not reach appnet {ip}"
+        );
+    }
+
+    // The internal network connects its tasks but has no way out.
+    let cs = tasks(&lab, "c");
+    let c_ips: Vec<String> = cs
+        .iter()
+        .map(|(h, n)| addr_of(lab.host(*h), n, "eth0"))
+        .collect();
+    let (ch, cn) = &cs[0];
+    let chost = lab.host(*ch);
+    assert!(
+        ping_from(chost, cn, &c_ips[1], 56),
+        "internal tasks reach each other"
+    );
+    let routes = exec(chost, cn, "ip route").stdout;
+    assert!(
+        !routes.contains("default"),
+        "internal: no default route: {routes}"
+    );
+    let other_host = lab
+        .hosts()
+        .iter()
+        .find(|h| h.index != *ch)
+        .expect("another host");
+    assert!(
+        !ping_from(chost, cn, &other_host.ip, 56),
+        "an internal task must not reach the underlay"
+    );
+
+    // A service joins a network with a rolling update, and leaves one.
+    ok(
+        h1,
+        &[
+            "service",
+            "update",
+            "--network-add",
+            "appnet",
+            "--update-monitor",
+            "200ms",
+            "b",
+        ],
+    );
+    let (bh, bn) = tasks(&lab, "b").remove(0);
+    let eth2 = addr_of(lab.host(bh), &bn, "eth2");
+    assert!(
+        eth2.starts_with("10.0.0."),
+        "b's new task is on appnet: {eth2}"
+    );
+    assert!(
+        ping_from(lab.host(bh), &bn, &a_ips[0], 56),
+        "b reaches a over appnet now"
+    );
+    ok(
+        h1,
+        &[
+            "service",
+            "update",
+            "--network-rm",
+            "othernet",
+            "--update-monitor",
+            "200ms",
+            "b",
+        ],
+    );
+    let (bh, bn) = tasks(&lab, "b").remove(0);
+    let eth1 = addr_of(lab.host(bh), &bn, "eth1");
+    assert!(
+        eth1.starts_with("10.0.0."),
+        "b left othernet: eth1 is {eth1}"
+    );
+    ok(h1, &["network", "rm", "othernet"]);
+
+    // Standalone containers join attachable networks only.
+    let h2 = lab.host(2);
+    ok(h1, &["network", "create", "--attachable", "attnet"]);
+    let out = rs(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "solo0",
+            "--network",
+            "appnet",
+            &image,
+        ],
+    );
+    out.assert_failure("container run on a non-attachable network");
+    assert!(out.stderr_lc().contains("not attachable"), "{out}");
+    ok(
+        h1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "s",
+            "--network",
+            "attnet",
+            "--constraint",
+            "node.hostname==h1",
+            &image,
+        ],
+    );
+    ok(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "solo",
+            "--network",
+            "attnet",
+            &image,
+        ],
+    );
+    let (sh, sn) = tasks(&lab, "s").remove(0);
+    let s_ip = addr_of(lab.host(sh), &sn, "eth1");
+    let solo_ip = addr_of(h2, "solo", "eth1");
+    assert!(
+        ping_from(h2, "solo", &s_ip, 56),
+        "the standalone container reaches the task"
+    );
+    assert!(
+        ping_from(lab.host(sh), &sn, &solo_ip, 56),
+        "the task reaches the standalone container"
+    );
+    let out = exec(lab.host(sh), &sn, "nslookup solo 127.0.0.11");
+    assert!(
+        out.stdout.contains(&solo_ip),
+        "the task resolves the standalone container: {out}"
+    );
+    ok(h2, &["container", "rm", "-f", "solo"]);
+    ok(h1, &["service", "rm", "s"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || rs(h1, &["network", "rm", "attnet"]).success(),
+        "attnet removable once its service and container are gone",
+    );
+
+    // A network in use cannot be removed; once its service is gone, it can.
+    let out = rs(h1, &["network", "rm", "appnet"]);
+    out.assert_failure("rm a network in use");
+    assert!(out.stderr_lc().contains("in use"), "{out}");
+    ok(h1, &["service", "rm", "a", "b"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || rs(h1, &["network", "rm", "appnet"]).success(),
+        "appnet removable once services a and b are gone",
+    );
+    // The hosts drop appnet's devices with its last task.
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            lab.hosts().iter().all(|h| {
+                let links = h.run(
+                    "ip",
+                    &["-o", "link", "show", "type", "vxlan"],
+                    Duration::from_secs(5),
+                );
+                // Only intnet (a task on every host) stays.
+                links.stdout.lines().count() == 1
+            })
+        },
+        "appnet's devices gone from every host",
+    );
+    drop(c);
+}
+
+#[test]
+fn overlay_networks_connect_isolate_and_refuse_bad_input() {
+    exercise("net_overlay", false);
+}
+
+#[test]
+fn overlay_networks_on_docker_like_hosts() {
+    exercise("net_dockerlike", true);
+}
+
+/// (ip, mac) or (ip, vtep) pairs.
+type Pairs = Vec<(String, String)>;
+
+/// The (ip, mac) neighbour and (ip, vtep) FDB entries of a host's VXLAN device.
+fn programmed(host: &Host) -> (Pairs, Pairs) {
+    let links = host.run(
+        "ip",
+        &["-o", "link", "show", "type", "vxlan"],
+        Duration::from_secs(5),
+    );
+    let Some(dev) = links
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split(':').nth(1))
+        .map(|d| d.trim().split('@').next().unwrap_or_default().to_string())
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let neigh = host.run(
+        "ip",
+        &["neigh", "show", "dev", &dev],
+        Duration::from_secs(5),
+    );
+    // "10.0.0.5 lladdr 02:42:0a:00:00:05 PERMANENT"
+    let mut macs = std::collections::BTreeMap::new();
+    let mut neighbours = Vec::new();
+    for l in neigh.stdout.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 3 && w[1] == "lladdr" {
+            macs.insert(w[2].to_string(), w[0].to_string());
+            neighbours.push((w[0].to_string(), w[2].to_string()));
+        }
+    }
+    let fdb = host.run(
+        "bridge",
+        &["fdb", "show", "dev", &dev],
+        Duration::from_secs(5),
+    );
+    // "02:42:0a:00:00:05 dst 198.18.0.2 self permanent"
+    let mut entries = Vec::new();
+    for l in fdb.stdout.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 3 && w[1] == "dst" && w[0].starts_with("02:42:") {
+            let ip = macs
+                .get(w[0])
+                .cloned()
+                .unwrap_or_else(|| format!("? {}", w[0]));
+            entries.push((ip, w[2].to_string()));
+        }
+    }
+    entries.sort();
+    neighbours.sort();
+    (neighbours, entries)
+}
+
+/// Docker's MAC for an overlay address: 02:42 and the four address bytes.
+fn mac_of(ip: &str) -> String {
+    let b: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap_or(0)).collect();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+#[test]
+fn overlay_entries_follow_churn_and_agent_restarts() {
+    let Some(lab) = lab("net_churn", 3) else {
+        return;
+    };
+    let c = TestCluster::start(&lab, 3, &[("test/bb:latest", sleeper())]);
+    let image = c.image("test/bb:latest");
+    let h1 = lab.host(1);
+    ok(h1, &["network", "create", "churnnet"]);
+    let common = ["--network", "churnnet", "--stop-signal", "KILL", "-d"];
+    let mut steady = vec!["service", "create", "--name", "steady", "--mode", "global"];
+    steady.extend(common);
+    steady.push(&image);
+    ok(h1, &steady);
+    let mut churn = vec!["service", "create", "--name", "churn", "--replicas", "0"];
+    churn.extend(common);
+    churn.push(&image);
+    ok(h1, &churn);
+    let count = |svc: &str| tasks(&lab, svc).len();
+
+    // 100 tasks come and go, 10 at a time; h3's agent is killed and restarted midway.
+    let mut h3_agent = None;
+    for round in 0..10 {
+        ok(h1, &["service", "scale", "-d", "churn=10"]);
+        lab.wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || count("churn") == 10,
+            "10 churn tasks running",
+        );
+        if round == 5 {
+            c.daemons[2].kill9();
+            // Its tasks are replaced elsewhere; then it comes back and sheds them.
+            lab.wait_until(
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || h1.node_status("h3").as_deref() == Some("down"),
+                "h3 down",
+            );
+            h3_agent = Some(lab.host(3).start_agent());
+        }
+        ok(h1, &["service", "scale", "-d", "churn=0"]);
+        lab.wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || count("churn") == 0,
+            "churn tasks gone",
+        );
+    }
+    ok(h1, &["service", "scale", "-d", "churn=4"]);
+    lab.wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            count("churn") == 4
+                && count("steady") == 3
+                && h1.node_status("h3").as_deref() == Some("ready")
+        },
+        "4 churn and 3 steady tasks running, h3 ready",
+    );
+
+    // The live endpoints: (host, container, address).
+    let live: Vec<(usize, String, String)> = tasks(&lab, "steady")
+        .into_iter()
+        .chain(tasks(&lab, "churn"))
+        .map(|(h, n)| {
+            let ip = addr_of(lab.host(h), &n, "eth1");
+            (h, n, ip)
+        })
+        .collect();
+    assert_eq!(live.len(), 7);
+    // Every host holds entries for exactly the live endpoints of the other hosts, at their VTEP.
+    lab.wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            lab.hosts().iter().all(|h| {
+                let mut want: Vec<(String, String)> = live
+                    .iter()
+                    .filter(|(hi, _, _)| *hi != h.index)
+                    .map(|(hi, _, ip)| (ip.clone(), lab.host(*hi).ip.clone()))
+                    .collect();
+                want.sort();
+                let mut want_neigh: Vec<(String, String)> = want
+                    .iter()
+                    .map(|(ip, _)| (ip.clone(), mac_of(ip)))
+                    .collect();
+                want_neigh.sort();
+                let (neigh, fdb) = programmed(h);
+                if fdb != want || neigh != want_neigh {
+                    eprintln!("h{}: fdb {fdb:?} neigh {neigh:?}, want {want:?}", h.index);
+                    return false;
+                }
+                true
+            })
+        },
+        "FDB and neighbour entries are exactly the live remote endpoints",
+    );
+    // And every live pair connects.
+    for (hi, ni, _) in &live {
+        for (hj, _, ip) in &live {
+            if hi != hj {
+                assert!(
+                    ping_from(lab.host(*hi), ni, ip, 56),
+                    "{ni} on h{hi} pings {ip} on h{hj}"
+                );
+            }
+        }
+    }
+    drop(h3_agent);
+    drop(c);
+}
