@@ -11,6 +11,8 @@
 pub mod cluster;
 pub mod engine;
 pub mod fsinfo;
+pub(crate) mod lab;
+pub mod overlay;
 pub mod sched;
 pub mod stats;
 pub mod store_bench;
@@ -132,6 +134,31 @@ impl Plan {
             0
         };
         self.joins.max(down).max(1)
+    }
+}
+
+/// The `main` of a benchmark binary: runs `bench` (which writes its table to stdout and its
+/// progress to stderr) on a multi-threaded runtime; prints the error and fails if it fails.
+pub fn block_on_main(
+    name: &str,
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
