@@ -634,6 +634,28 @@ fn overlay_entries_follow_churn_and_agent_restarts() {
             }
         }
     }
+    // A node that leaves takes its overlay devices and rules with it.
+    ok(lab.host(3), &["leave"]);
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let h3 = lab.host(3);
+            let show = |kind: &str| {
+                h3.run(
+                    "ip",
+                    &["-o", "link", "show", "type", kind],
+                    Duration::from_secs(5),
+                )
+                .stdout
+            };
+            let rules = h3.run("iptables", &["-S", "FORWARD"], Duration::from_secs(5));
+            show("vxlan").trim().is_empty()
+                && show("bridge").trim().is_empty()
+                && !rules.stdout.contains("rswarm overlay")
+        },
+        "h3's overlay devices and rules gone after leave",
+    );
     drop(h3_agent);
     drop(c);
 }

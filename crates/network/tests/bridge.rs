@@ -4,123 +4,23 @@
 //! entered it, so nothing touches the initial namespace. "Containers" and a "client host" are
 //! more namespaces made with `ip netns add`; all are deleted by [`Netns`]'s `Drop`.
 
-use std::future::Future;
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{enter_netns, is_root, Netns};
 use rswarm_network::{
     parse_publish, setup_loopback, AttachRequest, Attachment, Bridge, BridgeConfig, NetworkError,
     PortMapping, Protocol,
 };
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn is_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        eprintln!("skipping: the bridge tests need root (network namespaces, iptables)");
-        false
-    }
-}
-
-/// A network namespace made with `ip netns add`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!(
-            "rswnt-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        Netns { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Runs a command inside the namespace (network namespace only, via nsenter).
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(args)
-            .output()
-            .expect("run nsenter")
-    }
-
-    /// Like `cmd`, asserting success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(
-            out.status.success(),
-            "{args:?} in {} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs `f` on a thread that entered this namespace.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = self.path();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                enter_netns(&path);
-                f()
-            })
-            .join()
-            .expect("namespace thread panicked")
-        })
-    }
-
-    /// Runs an async body on a current-thread runtime of a thread inside this namespace.
-    fn block_on<T: Send, Fut: Future<Output = T>>(&self, f: impl FnOnce() -> Fut + Send) -> T {
-        self.enter(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(f())
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn enter_netns(path: &Path) {
-    let f = std::fs::File::open(path).expect("open netns");
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A test host namespace: lo up and, like a host running Docker, FORWARD policy DROP.
 fn test_host() -> Netns {
-    let h = Netns::new();
+    let h = Netns::new("rswnt-");
     h.ok(&["ip", "link", "set", "lo", "up"]);
     h.ok(&["iptables", "-w", "-P", "FORWARD", "DROP"]);
     h
@@ -209,7 +109,7 @@ fn containers_get_addresses_routes_and_reach_each_other() {
         return;
     }
     let host = test_host();
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (Netns::new("rswnt-"), Netns::new("rswnt-"));
     let cfg = config("ping");
     let (a1, a2) = host.block_on(|| async {
         let bridge = Bridge::new(cfg.clone()).await.unwrap();
@@ -271,8 +171,8 @@ fn published_port_keeps_the_client_source_address() {
         return;
     }
     let host = test_host();
-    let ctr = Netns::new();
-    let client = Netns::new();
+    let ctr = Netns::new("rswnt-");
+    let client = Netns::new("rswnt-");
     // The client host hangs off the test host by a veth pair on 198.18.0.0/24.
     host.ok(&[
         "ip",
@@ -327,7 +227,7 @@ fn published_port_keeps_the_client_source_address() {
     peer.recv_timeout(Duration::from_secs(5)).unwrap();
 
     // Port taken by that container: refused for the next one.
-    let other = Netns::new();
+    let other = Netns::new("rswnt-");
     let err = host.block_on(|| async {
         let mut req = request("web2", &other, parse_publish("8080:80").unwrap());
         req.used_host_ports = vec![(Protocol::Tcp, 8080)];
@@ -346,7 +246,7 @@ fn port_bound_on_the_host_is_refused_and_attach_rolls_back() {
         return;
     }
     let host = test_host();
-    let ctr = Netns::new();
+    let ctr = Netns::new("rswnt-");
     let cfg = config("inuse");
     let err = host.block_on(|| async {
         // A host process holds 8080 in the test host's namespace.
@@ -399,7 +299,7 @@ fn detach_removes_rules_and_veth_and_is_idempotent() {
         return;
     }
     let host = test_host();
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (Netns::new("rswnt-"), Netns::new("rswnt-"));
     let cfg = config("detach");
     let (bridge, a1) = host.block_on(|| async {
         let bridge = Bridge::new(cfg.clone()).await.unwrap();
@@ -439,7 +339,7 @@ fn restore_removes_stale_rules_and_readds_missing_ones() {
         return;
     }
     let host = test_host();
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (Netns::new("rswnt-"), Netns::new("rswnt-"));
     let cfg = config("restore");
     let (a1, _a2) = host.block_on(|| async {
         let bridge = Bridge::new(cfg.clone()).await.unwrap();
@@ -477,7 +377,7 @@ fn concurrent_attaches_get_distinct_addresses() {
         return;
     }
     let host = test_host();
-    let ctrs: Vec<Netns> = (0..4).map(|_| Netns::new()).collect();
+    let ctrs: Vec<Netns> = (0..4).map(|_| Netns::new("rswnt-")).collect();
     let cfg = config("concurrent");
     let atts = host.block_on(|| async {
         let bridge = Bridge::new(cfg.clone()).await.unwrap();
@@ -506,7 +406,7 @@ fn loopback_comes_up() {
     if !is_root() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("rswnt-");
     assert!(!ns.ok(&["ip", "-o", "link", "show", "lo"]).contains(",UP"));
     setup_loopback(&ns.path()).unwrap();
     assert!(ns.ok(&["ip", "-o", "link", "show", "lo"]).contains(",UP"));

@@ -7,122 +7,27 @@
 //! add`. [`Netns`]'s `Drop` deletes every namespace (and so every device) even when a test
 //! panics. The initial namespace is never touched: commands run through `nsenter --net`.
 
-use std::future::Future;
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{enter_netns, is_root, Netns};
 use rswarm_network::{
     mac_for_ip, NetworkError, Overlay, OverlayAttachment, OverlayNetwork, Peer, PeerChanges,
 };
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// The device tag every test agent uses (each runs in its own host namespace).
 const TAG: &str = "7e57";
 
-fn is_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        eprintln!("skipping: the overlay tests need root (network namespaces, iptables)");
-        false
-    }
-}
-
-/// A network namespace made with `ip netns add`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!(
-            "rso{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Runs a command inside the namespace (network namespace only, via nsenter).
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(args)
-            .output()
-            .expect("run nsenter")
-    }
-
-    /// Like `cmd`, asserting success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(
-            out.status.success(),
-            "{args:?} in {} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs `f` on a thread that entered this namespace.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = self.path();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                enter_netns(&path);
-                f()
-            })
-            .join()
-            .expect("namespace thread panicked")
-        })
-    }
-
-    /// Runs an async body on a current-thread runtime of a thread inside this namespace.
-    fn block_on<T: Send, Fut: Future<Output = T>>(&self, f: impl FnOnce() -> Fut + Send) -> T {
-        self.enter(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(f())
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn enter_netns(path: &Path) {
-    let f = std::fs::File::open(path).expect("open netns");
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A namespace with `lo` up.
+fn netns() -> Netns {
+    let ns = Netns::new("rso");
+    ns.ok(&["ip", "link", "set", "lo", "up"]);
+    ns
 }
 
 /// A switch namespace with a bridge and hosts hanging off it, each with its VTEP address
@@ -136,7 +41,7 @@ struct Lab {
 
 impl Lab {
     fn new(hosts: usize, octet: u8) -> Lab {
-        let switch = Netns::new();
+        let switch = netns();
         switch.ok(&["ip", "link", "add", "sw", "type", "bridge"]);
         switch.ok(&["ip", "link", "set", "sw", "up"]);
         let mut lab = Lab {
@@ -145,7 +50,7 @@ impl Lab {
             switch,
         };
         for i in 0..hosts {
-            let h = Netns::new();
+            let h = netns();
             let port = format!("s{i}");
             h.ok(&[
                 "ip",
@@ -297,7 +202,7 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
         lab.net(0, 4100, "10.41.0.0/24"),
         lab.net(1, 4100, "10.41.0.0/24"),
     );
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (netns(), netns());
     let a1 = attach(&lab, 0, &ov1, &n1, "c1", &c1, "10.41.0.2");
     let a2 = attach(&lab, 1, &ov2, &n2, "c2", &c2, "10.41.0.3");
     assert_eq!(a1.mac, "02:42:0a:29:00:02");
@@ -423,7 +328,7 @@ fn networks_are_isolated() {
         lab.net(0, 4200, "10.52.0.0/24"),
         lab.net(1, 4200, "10.52.0.0/24"),
     );
-    let (ca1, ca2, cb1, cb2) = (Netns::new(), Netns::new(), Netns::new(), Netns::new());
+    let (ca1, ca2, cb1, cb2) = (netns(), netns(), netns(), netns());
     attach(&lab, 0, &ov1, &a1n, "ca1", &ca1, "10.51.0.2");
     attach(&lab, 1, &ov2, &a2n, "ca2", &ca2, "10.51.0.3");
     attach(&lab, 0, &ov1, &b1n, "cb1", &cb1, "10.52.0.2");
@@ -478,7 +383,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
     let lab = Lab::new(3, 43);
     let ovs: Vec<Overlay> = (0..3).map(|_| Overlay::new(TAG).unwrap()).collect();
     let nets: Vec<OverlayNetwork> = (0..3).map(|h| lab.net(h, 4300, "10.43.0.0/24")).collect();
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (netns(), netns());
     attach(&lab, 0, &ovs[0], &nets[0], "c1", &c1, "10.43.0.2");
     let a2 = attach(&lab, 1, &ovs[1], &nets[1], "c2", &c2, "10.43.0.3");
     // A second network on host 0 whose entries set_peers(4300) must not touch.
@@ -546,7 +451,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
 
     // c2 goes away on host 1 and comes back with the same address on host 2.
     lab.hosts[1].block_on(|| async { ovs[1].detach(&a2).await.unwrap() });
-    let c2b = Netns::new();
+    let c2b = netns();
     attach(&lab, 2, &ovs[2], &nets[2], "c2b", &c2b, "10.43.0.3");
     set_peers(&lab, 2, &ovs[2], 4300, &[peer("10.43.0.2", lab.vteps[0])]);
     let changes = set_peers(&lab, 0, &ovs[0], 4300, &[peer("10.43.0.3", lab.vteps[2])]);
@@ -584,7 +489,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
     tcp(&c1, ip("10.43.0.2"), &c2b, ip("10.43.0.3"));
 
     // Moved again (back to host 1, a new container there): a pure replace, no delete.
-    let c2c = Netns::new();
+    let c2c = netns();
     attach(&lab, 1, &ovs[1], &nets[1], "c2c", &c2c, "10.43.0.3");
     lab.hosts[2].block_on(|| async { ovs[2].remove_network(4300).await.unwrap() });
     let changes = set_peers(&lab, 0, &ovs[0], 4300, &[peer("10.43.0.3", lab.vteps[1])]);
@@ -692,7 +597,7 @@ fn works_with_forward_drop_and_br_netfilter() {
         lab.net(0, 4400, "10.45.0.0/24"),
         lab.net(1, 4400, "10.45.0.0/24"),
     );
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (netns(), netns());
     attach(&lab, 0, &ov1, &n1, "c1", &c1, "10.45.0.2");
     attach(&lab, 1, &ov2, &n2, "c2", &c2, "10.45.0.3");
     set_peers(&lab, 0, &ov1, 4400, &[peer("10.45.0.3", lab.vteps[1])]);
@@ -746,7 +651,7 @@ fn remove_network_leaves_nothing_behind() {
     let n1 = lab.net(0, 4500, "10.46.0.0/24");
     let n2 = lab.net(1, 4500, "10.46.0.0/24");
     let keep = lab.net(0, 4501, "10.47.0.0/24");
-    let (c1, c2) = (Netns::new(), Netns::new());
+    let (c1, c2) = (netns(), netns());
     attach(&lab, 0, &ov1, &n1, "c1", &c1, "10.46.0.2");
     attach(&lab, 1, &ov2, &n2, "c2", &c2, "10.46.0.3");
     lab.hosts[0].block_on(|| async { ov1.ensure_network(&keep).await.unwrap() });
@@ -793,7 +698,7 @@ fn errors_are_clear_and_attach_rolls_back() {
     let lab = Lab::new(1, 46);
     let h = &lab.hosts[0];
     let ov = Overlay::new(TAG).unwrap();
-    let ctr = Netns::new();
+    let ctr = netns();
     let path = ctr.path();
     let (missing, not_local, too_big, exists, mtu) = h.block_on(|| async {
         let missing = ov.set_peers(4600, &[]).await.unwrap_err();

@@ -1235,6 +1235,16 @@ impl Engine {
         if let Err(e) = self.inner.bridge.teardown().await {
             tracing::warn!(error = %e, "cannot remove the bridge network");
         }
+        match self.inner.overlay.networks().await {
+            Ok(vnis) => {
+                for vni in vnis {
+                    if let Err(e) = self.inner.overlay.remove_network(vni).await {
+                        tracing::warn!(vni, error = %e, "cannot remove an overlay network's devices");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the overlay networks"),
+        }
         let parent = self.inner.cgroup_parent.trim_start_matches('/');
         for d in cgroup::hierarchy_dirs(parent) {
             if let Err(e) = std::fs::remove_dir(&d) {
