@@ -34,7 +34,7 @@ use crate::lab::{
     RswarmCluster, SwarmCluster, RPC_TIMEOUT, RSWARM_IMAGE, SWARM_IMAGE,
 };
 use crate::stats::{fmt_duration, fmt_period, Summary};
-use crate::table::{Align, Table};
+use crate::table::{fmt_ratio, yes_no, Align, Table};
 
 /// Docker Swarm 20.10 measured on this machine (REFERENCE.md §2): 20 replicas converge.
 pub const SWARM_CONVERGE_REF: Duration = Duration::from_millis(3_800);
@@ -459,22 +459,6 @@ fn median(samples: &[Duration]) -> Option<Duration> {
 fn ratio(ours: Option<Duration>, theirs: Option<Duration>) -> Option<f64> {
     let (o, t) = (ours?.as_secs_f64(), theirs?.as_secs_f64());
     (t > 0.0).then(|| o / t)
-}
-
-fn fmt_ratio(r: Option<f64>) -> String {
-    match r {
-        None => "—".into(),
-        Some(r) if r < 0.1 => format!("{r:.3}×"),
-        Some(r) => format!("{r:.2}×"),
-    }
-}
-
-fn yes_no(ok: Option<bool>) -> &'static str {
-    match ok {
-        Some(true) => "yes",
-        Some(false) => "NO",
-        None => "—",
-    }
 }
 
 /// Everything measured, per system.

@@ -114,6 +114,24 @@ impl Table {
     }
 }
 
+/// A ratio cell: "0.30×", three decimals below 0.1 ("0.012×"), "—" for none.
+pub fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        None => "—".into(),
+        Some(r) if r < 0.1 => format!("{r:.3}×"),
+        Some(r) => format!("{r:.2}×"),
+    }
+}
+
+/// A "Met" cell: "yes", "NO", or "—" when there is nothing to judge.
+pub fn yes_no(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "—",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
