@@ -48,8 +48,6 @@ pub const RECOVER_GOAL: Duration = Duration::from_secs(3);
 const HOSTS: usize = 3;
 const NETNS_PREFIX: &str = "rsbsw-";
 const SERVICE: &str = "web";
-/// Pause between (a) and (b), and between the set-up and (a).
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// Command line of `rswarm-bench-swarm`.
 #[derive(Clone, Debug, Parser)]
@@ -77,6 +75,10 @@ pub struct SwarmArgs {
     /// Interval of the task-list polls.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub poll: Duration,
+    /// Pause between the set-up and (a), and between (a) and (b): lets the kernel finish the
+    /// previous cluster's teardown (namespaces, mounts, deleted files) before a timed part.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
     /// Give up on one convergence or recovery after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -108,6 +110,7 @@ struct Ctx {
     dockerd: PathBuf,
     replicas: usize,
     poll: Duration,
+    settle: Duration,
     timeout: Duration,
     rootfs_tar: PathBuf,
 }
@@ -250,7 +253,7 @@ async fn rswarm_run(
         log,
         format!("rswarm run {run}: 3 nodes ready, image on every host"),
     );
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(ctx.settle).await;
 
     // (a)
     let mut cmd = Command::new(&ctx.rswarm);
@@ -281,7 +284,7 @@ async fn rswarm_run(
             rswarm_timeline(&mut client, start_wall).await?
         ),
     );
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(ctx.settle).await;
 
     // (b)
     let start = Instant::now();
@@ -364,7 +367,7 @@ async fn swarm_run(
         log,
         format!("swarm run {run}: 3 nodes ready, image imported on every host"),
     );
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(ctx.settle).await;
 
     // (a)
     let mut cmd = docker_cmd(&ctx.docker, &sockets[0]);
@@ -400,7 +403,7 @@ async fn swarm_run(
             fmt_duration(converge)
         ),
     );
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(ctx.settle).await;
 
     // (b): dockerd's managed containerd dies with it (parent-death signal); shims survive.
     let start = Instant::now();
@@ -606,6 +609,7 @@ pub async fn run(
         dockerd: dockerd.clone(),
         replicas: args.replicas,
         poll: args.poll,
+        settle: args.settle,
         timeout: args.timeout,
         rootfs_tar: scratch.path().join("rootfs.tar"),
     };
