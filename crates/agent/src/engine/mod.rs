@@ -896,10 +896,8 @@ impl Engine {
         {
             Ok(o) => o,
             Err(e) => {
-                if let Some(a) = &attachment {
-                    let _ = self.inner.bridge.detach(a).await;
-                }
-                release_netns(&own_netns);
+                self.undo_network(&id, attachment.as_ref(), &[], &own_netns)
+                    .await;
                 return Err(e);
             }
         };
@@ -911,11 +909,8 @@ impl Engine {
                 .map(|o| o.network_id.clone())
                 .collect();
             if let Err(e) = self.inner.discovery.attach(&id, &own_netns, networks).await {
-                if let Some(a) = &attachment {
-                    let _ = self.inner.bridge.detach(a).await;
-                }
-                self.detach_overlays(&id, &overlays).await;
-                release_netns(&own_netns);
+                self.undo_network(&id, attachment.as_ref(), &overlays, &own_netns)
+                    .await;
                 return Err(EngineError::runtime(e));
             }
         }
@@ -934,12 +929,8 @@ impl Engine {
         let started = match shim::spawn_shim(&self.inner.shim, &args).await {
             Ok(s) => s,
             Err(e) => {
-                if let Some(a) = &attachment {
-                    let _ = self.inner.bridge.detach(a).await;
-                }
-                self.inner.discovery.detach(&id);
-                self.detach_overlays(&id, &overlays).await;
-                release_netns(&own_netns);
+                self.undo_network(&id, attachment.as_ref(), &overlays, &own_netns)
+                    .await;
                 return Err(EngineError::runtime(e));
             }
         };
@@ -1021,6 +1012,23 @@ impl Engine {
             self.inner.overlay_use.add(a.vni);
         }
         Ok(done)
+    }
+
+    /// Undoes a start's network work when the start fails: DNS, overlay and bridge interfaces,
+    /// and the namespace made for the container.
+    async fn undo_network(
+        &self,
+        id: &str,
+        bridge: Option<&rswarm_network::Attachment>,
+        overlays: &[rswarm_network::OverlayAttachment],
+        netns: &Path,
+    ) {
+        self.inner.discovery.detach(id);
+        self.detach_overlays(id, overlays).await;
+        if let Some(a) = bridge {
+            let _ = self.inner.bridge.detach(a).await;
+        }
+        release_netns(netns);
     }
 
     async fn detach_overlays(&self, id: &str, atts: &[rswarm_network::OverlayAttachment]) {
