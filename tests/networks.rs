@@ -69,6 +69,70 @@ fn ping_from(host: &Host, name: &str, ip: &str, size: u32) -> bool {
     out.success()
 }
 
+/// Network `net`'s VNI (decimal, as its overlay namespace file is named), from `network inspect`.
+fn vni_of(host: &Host, net: &str) -> String {
+    let v: Value =
+        serde_json::from_str(&ok(host, &["network", "inspect", net])).expect("inspect json");
+    v[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no VNI in the inspect of {net}: {v}"))
+        .to_string()
+}
+
+/// The directory of a host agent's overlay namespace files (`<vni>`, one per network).
+fn overlay_dir(host: &Host) -> std::path::PathBuf {
+    host.state_dir().join("overlay")
+}
+
+/// The names (VNIs) of the overlay namespace files on `host`, sorted; none if the directory is
+/// absent.
+fn overlay_netns_files(host: &Host) -> Vec<String> {
+    let dir = overlay_dir(host);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("list {}: {e}", dir.display()),
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| {
+            e.unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `PROGRAM ARGS…` on `host`, inside the overlay namespace of network `vni`.
+fn run_in_overlay(host: &Host, vni: &str, program: &str, args: &[&str]) -> common::CmdOutput {
+    let ns = format!("--net={}", overlay_dir(host).join(vni).display());
+    let mut full = vec![ns.as_str(), "--", program];
+    full.extend_from_slice(args);
+    host.run("nsenter", &full, Duration::from_secs(5))
+}
+
+/// The device names in an `ip -o link show` listing (`5: NAME@PARENT: <…> …`).
+fn link_names(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|d| d.trim().split('@').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The VXLAN devices in `host`'s own namespace (overlay devices never live there).
+fn host_vxlans(host: &Host) -> Vec<String> {
+    let out = host.run(
+        "ip",
+        &["-o", "link", "show", "type", "vxlan"],
+        Duration::from_secs(5),
+    );
+    out.assert_success("ip link show type vxlan");
+    link_names(&out.stdout)
+}
+
 /// Sets, inside every host, what a Docker host has: FORWARD policy DROP and bridged frames
 /// passed through iptables.
 fn like_a_docker_host(lab: &Lab) {
@@ -110,6 +174,7 @@ fn exercise(name: &str, docker_host: bool) {
         &["network", "create", "--subnet", "10.88.0.0/24", "othernet"],
     );
     ok(h1, &["network", "create", "--internal", "intnet"]);
+    let intnet_vni = vni_of(h1, "intnet");
     let ls = ok(h1, &["network", "ls"]);
     for n in ["appnet", "othernet", "intnet"] {
         assert!(ls.contains(n), "{ls}");
@@ -433,22 +498,37 @@ fn exercise(name: &str, docker_host: bool) {
         || rs(h1, &["network", "rm", "appnet"]).success(),
         "appnet removable once services a and b are gone",
     );
-    // The hosts drop appnet's devices with its last task.
+    // The hosts drop appnet's namespace and devices with its last task: only intnet's (a task
+    // on every host) stays, with its one VXLAN device; the hosts' own namespaces hold none.
     lab.wait_until(
         Duration::from_secs(30),
         Duration::from_millis(300),
         || {
             lab.hosts().iter().all(|h| {
-                let links = h.run(
+                let files = overlay_netns_files(h);
+                let vxlans = run_in_overlay(
+                    h,
+                    &intnet_vni,
                     "ip",
                     &["-o", "link", "show", "type", "vxlan"],
-                    Duration::from_secs(5),
                 );
-                // Only intnet (a task on every host) stays.
-                links.stdout.lines().count() == 1
+                let in_host = host_vxlans(h);
+                if files != [intnet_vni.clone()]
+                    || link_names(&vxlans.stdout).len() != 1
+                    || !in_host.is_empty()
+                {
+                    eprintln!(
+                        "h{}: overlay namespaces {files:?} (want [{intnet_vni}]), VXLAN devices \
+                         in intnet's {:?}, in the host's {in_host:?}",
+                        h.index,
+                        link_names(&vxlans.stdout)
+                    );
+                    return false;
+                }
+                true
             })
         },
-        "appnet's devices gone from every host",
+        "appnet's namespace and devices gone from every host",
     );
     drop(c);
 }
@@ -466,27 +546,17 @@ fn overlay_networks_on_docker_like_hosts() {
 /// (ip, mac) or (ip, vtep) pairs.
 type Pairs = Vec<(String, String)>;
 
-/// The (ip, mac) neighbour and (ip, vtep) FDB entries of a host's VXLAN device.
-fn programmed(host: &Host) -> (Pairs, Pairs) {
-    let links = host.run(
-        "ip",
-        &["-o", "link", "show", "type", "vxlan"],
-        Duration::from_secs(5),
-    );
-    let Some(dev) = links
-        .stdout
-        .lines()
-        .next()
-        .and_then(|l| l.split(':').nth(1))
-        .map(|d| d.trim().split('@').next().unwrap_or_default().to_string())
-    else {
+/// The (ip, mac) neighbour and (ip, vtep) FDB entries of the VXLAN device of network `vni` on
+/// a host (in the network's overlay namespace; none if the namespace is not there).
+fn programmed(host: &Host, vni: &str) -> (Pairs, Pairs) {
+    if !overlay_dir(host).join(vni).exists() {
+        return (Vec::new(), Vec::new());
+    }
+    let links = run_in_overlay(host, vni, "ip", &["-o", "link", "show", "type", "vxlan"]);
+    let Some(dev) = link_names(&links.stdout).into_iter().next() else {
         return (Vec::new(), Vec::new());
     };
-    let neigh = host.run(
-        "ip",
-        &["neigh", "show", "dev", &dev],
-        Duration::from_secs(5),
-    );
+    let neigh = run_in_overlay(host, vni, "ip", &["neigh", "show", "dev", &dev]);
     // "10.0.0.5 lladdr 02:42:0a:00:00:05 PERMANENT"
     let mut macs = std::collections::BTreeMap::new();
     let mut neighbours = Vec::new();
@@ -497,11 +567,7 @@ fn programmed(host: &Host) -> (Pairs, Pairs) {
             neighbours.push((w[0].to_string(), w[2].to_string()));
         }
     }
-    let fdb = host.run(
-        "bridge",
-        &["fdb", "show", "dev", &dev],
-        Duration::from_secs(5),
-    );
+    let fdb = run_in_overlay(host, vni, "bridge", &["fdb", "show", "dev", &dev]);
     // "02:42:0a:00:00:05 dst 198.18.0.2 self permanent"
     let mut entries = Vec::new();
     for l in fdb.stdout.lines() {
@@ -534,6 +600,7 @@ fn overlay_entries_follow_churn_and_agent_restarts() {
     let image = c.image("test/bb:latest");
     let h1 = lab.host(1);
     ok(h1, &["network", "create", "churnnet"]);
+    let vni = vni_of(h1, "churnnet");
     let common = ["--network", "churnnet", "--stop-signal", "KILL", "-d"];
     let mut steady = vec!["service", "create", "--name", "steady", "--mode", "global"];
     steady.extend(common);
@@ -613,9 +680,14 @@ fn overlay_entries_follow_churn_and_agent_restarts() {
                     .map(|(ip, _)| (ip.clone(), mac_of(ip)))
                     .collect();
                 want_neigh.sort();
-                let (neigh, fdb) = programmed(h);
-                if fdb != want || neigh != want_neigh {
-                    eprintln!("h{}: fdb {fdb:?} neigh {neigh:?}, want {want:?}", h.index);
+                let (neigh, fdb) = programmed(h, &vni);
+                let in_host = host_vxlans(h);
+                if fdb != want || neigh != want_neigh || !in_host.is_empty() {
+                    eprintln!(
+                        "h{}: fdb {fdb:?} neigh {neigh:?}, want {want:?}; VXLAN devices in the \
+                         host's namespace {in_host:?}",
+                        h.index
+                    );
                     return false;
                 }
                 true
@@ -634,7 +706,8 @@ fn overlay_entries_follow_churn_and_agent_restarts() {
             }
         }
     }
-    // A node that leaves takes its overlay devices and rules with it.
+    // A node that leaves takes its overlay namespaces (and the devices in them) with it; its
+    // own namespace never had an overlay device or rule.
     ok(lab.host(3), &["leave"]);
     lab.wait_until(
         Duration::from_secs(30),
@@ -653,8 +726,9 @@ fn overlay_entries_follow_churn_and_agent_restarts() {
             show("vxlan").trim().is_empty()
                 && show("bridge").trim().is_empty()
                 && !rules.stdout.contains("rswarm overlay")
+                && common::dir_absent_or_empty(&overlay_dir(h3))
         },
-        "h3's overlay devices and rules gone after leave",
+        "h3's overlay namespaces, devices and rules gone after leave",
     );
     drop(h3_agent);
     drop(c);

@@ -37,16 +37,6 @@ impl Netlink {
         Ok(Netlink { handle, task })
     }
 
-    /// Like [`open`](Self::open), with strict checking of dump requests
-    /// (`NETLINK_GET_STRICT_CHK`): the kernel then honours filters it would otherwise ignore,
-    /// such as the device index of an `AF_BRIDGE` FDB dump.
-    pub(crate) fn open_strict() -> Result<Self, NetworkError> {
-        let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()
-            .map_err(|e| NetworkError::io("open a strict netlink socket", e))?;
-        let task = tokio::spawn(conn);
-        Ok(Netlink { handle, task })
-    }
-
     /// The index of link `name`, or `None` when there is none.
     pub(crate) async fn link_index(&self, name: &str) -> Result<Option<u32>, NetworkError> {
         link_index(&self.handle, name).await
@@ -62,6 +52,47 @@ impl Netlink {
             Err(e) if is_errno(&e, ENODEV) => Ok(false),
             Err(e) => Err(NetworkError::netlink(format!("delete link {name}"), e)),
         }
+    }
+}
+
+impl Netlink {
+    /// A netlink connection inside the network namespace at `path`: the socket is opened on a
+    /// short-lived thread that entered the namespace (a socket stays in the namespace it was
+    /// made in) and is then driven by the caller's runtime like any other. With `strict`, dump requests are
+    /// checked strictly (`NETLINK_GET_STRICT_CHK`): the kernel then honours filters it would
+    /// otherwise ignore, such as the device index of an `AF_BRIDGE` FDB dump.
+    pub(crate) async fn open_in(path: &Path, strict: bool) -> Result<Self, NetworkError> {
+        let ns = open_netns(path)?;
+        let runtime = tokio::runtime::Handle::current();
+        let owned = path.to_path_buf();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("rswarm-netns-nl".to_string())
+            .spawn(move || {
+                let made = setns(&ns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetworkError::Netns {
+                        path: owned,
+                        source: e.into(),
+                    })
+                    .and_then(|()| {
+                        // The socket registers with the caller's runtime's reactor.
+                        let _entered = runtime.enter();
+                        let made = if strict {
+                            rtnetlink::new_connection_with_strict_check()
+                        } else {
+                            rtnetlink::new_connection()
+                        };
+                        made.map(|(conn, handle, _)| (conn, handle))
+                            .map_err(|e| NetworkError::io("open a netlink socket", e))
+                    });
+                let _ = tx.send(made);
+            })
+            .map_err(|e| NetworkError::io("spawn a network namespace worker thread", e))?;
+        let (conn, handle) = rx
+            .await
+            .map_err(|_| NetworkError::WorkerDied(path.to_path_buf()))??;
+        let task = tokio::spawn(conn);
+        Ok(Netlink { handle, task })
     }
 }
 
@@ -161,6 +192,15 @@ where
 /// runtime call. The namespace is made on a short-lived thread; the caller's is untouched.
 /// Blocking (a few hundred microseconds); fails if `path` exists and is a namespace already.
 pub fn create_netns(path: &Path) -> Result<(), NetworkError> {
+    create_netns_with(path, || Ok(()))
+}
+
+/// [`create_netns`], running `setup` on the namespace's thread right after the namespace is
+/// made (so `/proc/sys/net` there is the new namespace's). A failing `setup` undoes it all.
+pub(crate) fn create_netns_with(
+    path: &Path,
+    setup: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), NetworkError> {
     let err = |source: std::io::Error| NetworkError::NetnsFile {
         action: "create",
         path: path.to_path_buf(),
@@ -176,6 +216,7 @@ pub fn create_netns(path: &Path) -> Result<(), NetworkError> {
         .name("rswarm-netns-new".to_string())
         .spawn(move || -> std::io::Result<()> {
             nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            setup()?;
             nix::mount::mount(
                 Some("/proc/thread-self/ns/net"),
                 &target,

@@ -5,12 +5,14 @@
 //! off, ARP proxy on) enslaved to it; each local container gets a veth pair with its end on the
 //! bridge. Remote containers are reached through static FDB and neighbour entries on the VXLAN
 //! device, reconciled against the full desired set by [`Overlay::set_peers`], so nothing goes
-//! stale. Everything runs in the network namespace of the calling thread.
+//! stale. The bridge, the VXLAN device and the veths' bridge ends live in one network namespace
+//! per network (see [`Overlay`]); the VXLAN device's socket and parent are in the namespace of
+//! the calling thread (the host's).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -28,12 +30,11 @@ use crate::bridge::validate_container_id;
 use crate::config::fnv1a64;
 use crate::error::NetworkError;
 use crate::ipam::{mac_bytes_for_ip, mac_for_ip};
-use crate::iptables;
 use crate::netns::{
-    is_errno, link_index, link_up, loopback_up, open_netns, run_in_netns, Netlink, EEXIST,
+    create_netns_with, is_errno, link_index, link_up, loopback_up, open_netns, remove_netns,
+    run_in_netns, Netlink, EEXIST,
 };
 use crate::peers::{diff_peers, FdbEntry, NeighEntry, Peer, PeerChanges};
-use crate::rules::{overlay_comment, overlay_forward_rule, Placement, Table};
 
 /// The IANA VXLAN UDP port.
 pub const VXLAN_PORT: u16 = 4789;
@@ -99,8 +100,14 @@ pub struct OverlayAttachment {
     pub mac: String,
 }
 
-/// The overlay networks of one agent. Cheap to clone; all clones share state. Operates in the
-/// network namespace of the thread that calls it.
+/// The overlay networks of one agent. Cheap to clone; all clones share state.
+///
+/// Each network's bridge, VXLAN device and container veth ends live in a network namespace of
+/// their own (a bind mount at [`netns_path`](Self::netns_path), as Docker's overlay sandboxes),
+/// where bridged frames skip the host's firewall (`bridge-nf-call-iptables` is off there and no
+/// rule exists): the host's FORWARD policy and br_netfilter never see overlay frames, and the
+/// datapath pays for no host rule. The VXLAN device is made from the caller's namespace, so its
+/// UDP socket and underlay interface are the caller's (the host's).
 #[derive(Clone, Debug)]
 pub struct Overlay {
     inner: Arc<Inner>,
@@ -109,7 +116,9 @@ pub struct Overlay {
 #[derive(Debug)]
 struct Inner {
     tag: String,
-    /// Networks whose devices and rules were verified, with the MTU used; held while ensuring.
+    /// Where the networks' namespace files are.
+    ns_dir: PathBuf,
+    /// Networks whose devices were verified, with the MTU used; held while ensuring.
     ready: tokio::sync::Mutex<HashMap<u32, Ready>>,
 }
 
@@ -120,15 +129,16 @@ struct Ready {
 }
 
 impl Overlay {
-    /// An overlay manager whose devices carry `tag` (4 lowercase hex characters), which keeps
-    /// two agents' devices apart in one namespace (tests). Devices: bridge `rb<tag><vni, 6
-    /// hex>`, VXLAN `rx<tag><vni, 6 hex>`, host veth ends `rv<7 hex of a hash of (tag,
-    /// container id, vni)>`. Creates nothing yet.
-    pub fn new(tag: &str) -> Result<Overlay, NetworkError> {
+    /// An overlay manager whose devices carry `tag` (4 lowercase hex characters) and whose
+    /// networks' namespaces are files `<vni>` in `ns_dir` (made when needed). Devices: bridge
+    /// `rb<tag><vni, 6 hex>`, VXLAN `rx<tag><vni, 6 hex>`, host veth ends `rv<7 hex of a hash
+    /// of (tag, container id, vni)>`. Creates nothing yet.
+    pub fn new(tag: &str, ns_dir: impl Into<PathBuf>) -> Result<Overlay, NetworkError> {
         validate_tag(tag)?;
         Ok(Overlay {
             inner: Arc::new(Inner {
                 tag: tag.to_string(),
+                ns_dir: ns_dir.into(),
                 ready: tokio::sync::Mutex::new(HashMap::new()),
             }),
         })
@@ -139,43 +149,52 @@ impl Overlay {
         &self.inner.tag
     }
 
-    /// The name of network `vni`'s bridge.
+    /// The name of network `vni`'s bridge (inside [`netns_path`](Self::netns_path)).
     pub fn bridge_name(&self, vni: u32) -> String {
         bridge_name(&self.inner.tag, vni)
     }
 
-    /// The name of network `vni`'s VXLAN device.
+    /// The name of network `vni`'s VXLAN device (inside [`netns_path`](Self::netns_path)).
     pub fn vxlan_name(&self, vni: u32) -> String {
         vxlan_name(&self.inner.tag, vni)
     }
 
-    /// Makes network `net` ready on this host; idempotent. The bridge (no address, up) and
-    /// the VXLAN device (id = vni, learning off, ARP proxy on, `local` = `net.local_ip`,
-    /// dstport = `net.port`, parent = the interface holding `local_ip`), enslaved to the
-    /// bridge, both up, with the same MTU: `net.mtu`, or that interface's MTU minus 50. A VXLAN
-    /// device whose settings differ is recreated. A filter FORWARD rule `-i <bridge> -o
-    /// <bridge> -j ACCEPT` (comment `rswarm overlay <bridge>`) at the top of FORWARD lets frames
-    /// bridged between the bridge's ports through on hosts with FORWARD policy DROP and
-    /// br_netfilter on. Returns the MTU used.
+    /// The namespace file of network `vni` (`nsenter --net=<it> bridge fdb` shows its peers).
+    pub fn netns_path(&self, vni: u32) -> PathBuf {
+        self.inner.ns_dir.join(vni.to_string())
+    }
+
+    /// Makes network `net` ready on this host; idempotent. In the network's namespace (made
+    /// if missing): the bridge (no address, up) and the VXLAN device (id = vni, learning off,
+    /// ARP proxy on, `local` = `net.local_ip`, dstport = `net.port`, parent = the caller's
+    /// interface holding `local_ip`), enslaved to the bridge, both up, with the same MTU:
+    /// `net.mtu`, or that interface's MTU minus 50. A VXLAN device whose settings differ is
+    /// recreated. Returns the MTU used.
     pub async fn ensure_network(&self, net: &OverlayNetwork) -> Result<u32, NetworkError> {
         validate_network(net)?;
         let mut ready = self.inner.ready.lock().await;
         let tag = &self.inner.tag;
         let (br_name, vx_name) = (bridge_name(tag, net.vni), vxlan_name(tag, net.vni));
-        let nl = Netlink::open()?;
+        let ns_path = self.netns_path(net.vni);
         if let Some(r) = ready.get(&net.vni) {
-            if r.net == *net
-                && nl.link_index(&br_name).await?.is_some()
-                && nl.link_index(&vx_name).await?.is_some()
-            {
-                return Ok(r.mtu);
+            if r.net == *net && is_netns(&ns_path) {
+                let ns_nl = Netlink::open_in(&ns_path, false).await?;
+                if ns_nl.link_index(&br_name).await?.is_some()
+                    && ns_nl.link_index(&vx_name).await?.is_some()
+                {
+                    return Ok(r.mtu);
+                }
             }
         }
-        let (underlay_idx, underlay) = find_underlay(&nl.handle, net.local_ip).await?;
+        let host_nl = Netlink::open()?;
+        let (underlay_idx, underlay) = find_underlay(&host_nl.handle, net.local_ip).await?;
         let mtu = overlay_mtu(net.mtu, underlay)?;
-        let br = ensure_bridge(&nl, &br_name, mtu).await?;
-        let vx = ensure_vxlan(&nl, &vx_name, net, underlay_idx, mtu).await?;
-        nl.handle
+        ensure_overlay_netns(&self.inner.ns_dir, &ns_path).await?;
+        let ns_nl = Netlink::open_in(&ns_path, false).await?;
+        let br = ensure_bridge(&ns_nl, &br_name, mtu).await?;
+        let vx = ensure_vxlan(&host_nl, &ns_nl, &ns_path, &vx_name, net, underlay_idx, mtu).await?;
+        ns_nl
+            .handle
             .link()
             .set(
                 LinkUnspec::new_with_index(vx)
@@ -187,9 +206,9 @@ impl Overlay {
             .execute()
             .await
             .map_err(|e| NetworkError::netlink(format!("enslave {vx_name} to {br_name}"), e))?;
-        iptables::ensure_rule(&overlay_forward_rule(&br_name), Placement::Top).await?;
         tracing::info!(vni = net.vni, subnet = %net.subnet, bridge = %br_name, vxlan = %vx_name,
-            local = %net.local_ip, port = net.port, mtu, "overlay network ready");
+            local = %net.local_ip, port = net.port, mtu, netns = %ns_path.display(),
+            "overlay network ready");
         ready.insert(
             net.vni,
             Ready {
@@ -204,9 +223,9 @@ impl Overlay {
     /// pair whose container end is `ifname` inside `netns`, with MAC
     /// [`mac_for_ip`](crate::mac_for_ip)`(ip)`, address `ip`/subnet prefix, the network's MTU,
     /// up (and `lo` up). No default route: that belongs to the container's other interface.
-    /// The host end is on the network's bridge, up. Calls [`ensure_network`](Self::ensure_network)
-    /// first. A host veth of the same name left over from an earlier attach is replaced. On
-    /// failure the veth pair is removed again.
+    /// The other end is on the network's bridge, up. Calls
+    /// [`ensure_network`](Self::ensure_network) first. A host veth of the same name left over
+    /// from an earlier attach is replaced. On failure the veth pair is removed again.
     pub async fn attach(
         &self,
         net: &OverlayNetwork,
@@ -238,8 +257,7 @@ impl Overlay {
             Err(err) => {
                 tracing::warn!(container = %att.container_id, vni = att.vni, error = %err,
                     "overlay attach failed; rolling back");
-                let undo = async { Netlink::open()?.delete_link(&att.host_veth).await };
-                if let Err(e) = undo.await {
+                if let Err(e) = self.delete_veth(&att).await {
                     tracing::warn!(container = %att.container_id, error = %e, "rollback incomplete");
                 }
                 Err(err)
@@ -255,7 +273,7 @@ impl Overlay {
     ) -> Result<(), NetworkError> {
         let ns = open_netns(netns)?;
         let mtu = self.ensure_network(net).await?;
-        let nl = Netlink::open()?;
+        let nl = Netlink::open_in(&self.netns_path(net.vni), false).await?;
         let br_name = bridge_name(&self.inner.tag, net.vni);
         let br = nl
             .link_index(&br_name)
@@ -307,7 +325,19 @@ impl Overlay {
         link_up(&nl.handle, host_idx, &att.host_veth).await
     }
 
-    /// Takes a container off its overlay network: deletes the host veth (and with it the
+    /// Deletes an attachment's veth from its network's namespace, if both are still there.
+    async fn delete_veth(&self, att: &OverlayAttachment) -> Result<bool, NetworkError> {
+        let ns_path = self.netns_path(att.vni);
+        if !is_netns(&ns_path) {
+            return Ok(false);
+        }
+        Netlink::open_in(&ns_path, false)
+            .await?
+            .delete_link(&att.host_veth)
+            .await
+    }
+
+    /// Takes a container off its overlay network: deletes the veth (and with it the
     /// container's interface) if still there. Idempotent.
     pub async fn detach(&self, att: &OverlayAttachment) -> Result<(), NetworkError> {
         if !is_overlay_veth(&att.host_veth) {
@@ -316,7 +346,8 @@ impl Overlay {
                 att.host_veth
             )));
         }
-        if Netlink::open()?.delete_link(&att.host_veth).await? {
+        validate_vni(att.vni)?;
+        if self.delete_veth(att).await? {
             tracing::info!(container = %att.container_id, vni = att.vni, "detached container from the overlay");
         }
         Ok(())
@@ -335,8 +366,12 @@ impl Overlay {
     pub async fn set_peers(&self, vni: u32, peers: &[Peer]) -> Result<PeerChanges, NetworkError> {
         validate_vni(vni)?;
         let vx_name = vxlan_name(&self.inner.tag, vni);
+        let ns_path = self.netns_path(vni);
+        if !is_netns(&ns_path) {
+            return Err(NetworkError::OverlayMissing(vni));
+        }
         // Strict checking makes the kernel filter the FDB dump by device.
-        let nl = Netlink::open_strict()?;
+        let nl = Netlink::open_in(&ns_path, true).await?;
         let vx = nl
             .link_index(&vx_name)
             .await?
@@ -435,48 +470,98 @@ impl Overlay {
         Ok(changes)
     }
 
-    /// Removes network `vni` from this host: host veths still on its bridge, the VXLAN device,
-    /// the bridge and its FORWARD rule. Idempotent.
+    /// Removes network `vni` from this host: the veths still on its bridge, the VXLAN device
+    /// and the bridge (deleted one by one, so the VNI is free again at once), then its
+    /// namespace. Idempotent.
     pub async fn remove_network(&self, vni: u32) -> Result<(), NetworkError> {
         validate_vni(vni)?;
         let mut ready = self.inner.ready.lock().await;
         let tag = &self.inner.tag;
         let (br_name, vx_name) = (bridge_name(tag, vni), vxlan_name(tag, vni));
-        let nl = Netlink::open()?;
-        if let Some(br) = nl.link_index(&br_name).await? {
-            for (name, _) in dump_links(&nl.handle)
-                .await?
-                .into_iter()
-                .filter(|(name, ctrl)| *ctrl == Some(br) && is_overlay_veth(name))
-            {
-                nl.delete_link(&name).await?;
+        let ns_path = self.netns_path(vni);
+        if is_netns(&ns_path) {
+            let nl = Netlink::open_in(&ns_path, false).await?;
+            if let Some(br) = nl.link_index(&br_name).await? {
+                for (name, _) in dump_links(&nl.handle)
+                    .await?
+                    .into_iter()
+                    .filter(|(name, ctrl)| *ctrl == Some(br) && is_overlay_veth(name))
+                {
+                    nl.delete_link(&name).await?;
+                }
             }
+            nl.delete_link(&vx_name).await?;
+            nl.delete_link(&br_name).await?;
         }
-        nl.delete_link(&vx_name).await?;
-        nl.delete_link(&br_name).await?;
-        let comment = overlay_comment(&br_name);
-        iptables::delete_matching(Table::Filter, "FORWARD", |r| {
-            r.comment.as_deref() == Some(comment.as_str())
-        })
-        .await?;
+        remove_netns(&ns_path)?;
         ready.remove(&vni);
         tracing::info!(vni, bridge = %br_name, "overlay network removed");
         Ok(())
     }
 
-    /// The VNIs whose bridge or VXLAN device (with this overlay's tag) exists now, ascending:
-    /// for cleaning up after an agent restart.
+    /// The VNIs that have a namespace file here now, ascending: for cleaning up after an agent
+    /// restart.
     pub async fn networks(&self) -> Result<Vec<u32>, NetworkError> {
-        let nl = Netlink::open()?;
-        let mut vnis: Vec<u32> = dump_links(&nl.handle)
-            .await?
-            .iter()
-            .filter_map(|(name, _)| parse_device_vni(&self.inner.tag, name))
+        let dir = &self.inner.ns_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(NetworkError::io(format!("list {}", dir.display()), e)),
+        };
+        let mut vnis: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|v| validate_vni(*v).is_ok())
             .collect();
         vnis.sort_unstable();
-        vnis.dedup();
         Ok(vnis)
     }
+}
+
+/// Whether `path` is a network namespace file (a bind mount of one).
+fn is_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// The sysctls of an overlay namespace: bridged frames skip iptables (nothing there to
+/// filter), and no IPv6 chatter goes over the tunnel. Missing files (br_netfilter not
+/// loaded) are fine.
+const OVERLAY_NS_SYSCTLS: &[(&str, &str)] = &[
+    ("/proc/sys/net/bridge/bridge-nf-call-iptables", "0"),
+    ("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "0"),
+    ("/proc/sys/net/bridge/bridge-nf-call-arptables", "0"),
+    ("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1"),
+    ("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"),
+];
+
+/// Makes the namespace at `path` (in `dir`) with [`OVERLAY_NS_SYSCTLS`] unless it exists; a
+/// stale file there (not a namespace) is replaced.
+async fn ensure_overlay_netns(dir: &Path, path: &Path) -> Result<(), NetworkError> {
+    if is_netns(path) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NetworkError::io(format!("create {}", dir.display()), e))?;
+    remove_netns(path)?;
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        create_netns_with(&owned, || {
+            for (file, value) in OVERLAY_NS_SYSCTLS {
+                match std::fs::write(file, value) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(std::io::Error::new(e.kind(), format!("write {file}: {e}")))
+                    }
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| NetworkError::io("create an overlay namespace", std::io::Error::other(e)))??;
+    tracing::info!(netns = %path.display(), "created an overlay network namespace");
+    Ok(())
 }
 
 /// The MTU of the interface holding `ip` in the caller's namespace.
@@ -554,16 +639,20 @@ async fn ensure_bridge(nl: &Netlink, name: &str, mtu: u32) -> Result<u32, Networ
     Ok(idx)
 }
 
-/// Makes sure VXLAN device `name` exists with the network's settings (recreating one whose
-/// settings differ); returns its index.
+/// Makes sure VXLAN device `name` exists in the overlay namespace (`ns_nl`, file `ns_path`)
+/// with the network's settings (recreating one whose settings differ); returns its index
+/// there. It is created through `host_nl` straight into that namespace, so its socket and
+/// parent interface (`underlay`) are the host's.
 async fn ensure_vxlan(
-    nl: &Netlink,
+    host_nl: &Netlink,
+    ns_nl: &Netlink,
+    ns_path: &Path,
     name: &str,
     net: &OverlayNetwork,
     underlay: u32,
     mtu: u32,
 ) -> Result<u32, NetworkError> {
-    if let Some(link) = get_link(&nl.handle, name).await? {
+    if let Some(link) = get_link(&ns_nl.handle, name).await? {
         let want = vxlan_settings(net, underlay);
         match link_vxlan_settings(&link) {
             Some(have) if have == want => return Ok(link.header.index),
@@ -574,12 +663,13 @@ async fn ensure_vxlan(
                     ?want,
                     "recreating a vxlan device whose settings differ"
                 );
-                nl.delete_link(name).await?;
+                ns_nl.delete_link(name).await?;
             }
         }
     }
     tracing::info!(vxlan = name, vni = net.vni, local = %net.local_ip, port = net.port, mtu,
         "creating an overlay vxlan device");
+    let ns = open_netns(ns_path)?;
     let msg = LinkVxlan::new(name, net.vni)
         .dev(underlay)
         .local(net.local_ip)
@@ -587,8 +677,9 @@ async fn ensure_vxlan(
         .learning(false)
         .proxy(true)
         .mtu(mtu)
+        .setns_by_fd(ns.as_raw_fd())
         .build();
-    match nl.handle.link().add(msg).execute().await {
+    match host_nl.handle.link().add(msg).execute().await {
         Ok(()) => {}
         Err(e) if is_errno(&e, EEXIST) => {}
         Err(e) => {
@@ -601,7 +692,7 @@ async fn ensure_vxlan(
             ))
         }
     }
-    nl.link_index(name).await?.ok_or_else(|| {
+    ns_nl.link_index(name).await?.ok_or_else(|| {
         NetworkError::io(
             format!("find vxlan {name} after creating it"),
             std::io::ErrorKind::NotFound.into(),
@@ -944,18 +1035,6 @@ fn is_overlay_veth(name: &str) -> bool {
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The VNI of an overlay device name (`rb`/`rx` + `tag` + 6 hex), if it is one.
-fn parse_device_vni(tag: &str, name: &str) -> Option<u32> {
-    let rest = name
-        .strip_prefix("rb")
-        .or_else(|| name.strip_prefix("rx"))?
-        .strip_prefix(tag)?;
-    if rest.len() != 6 || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    u32::from_str_radix(rest, 16).ok().filter(|v| *v != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -984,25 +1063,19 @@ mod tests {
     }
 
     #[test]
-    fn device_names_parse_back() {
-        assert_eq!(parse_device_vni("ab12", "rbab12001004"), Some(4100));
-        assert_eq!(parse_device_vni("ab12", "rxab12ffffff"), Some(MAX_VNI));
-        assert_eq!(parse_device_vni("ab12", "rxcd34001004"), None);
-        assert_eq!(parse_device_vni("ab12", "rbab1200100"), None);
-        assert_eq!(parse_device_vni("ab12", "rbab12000000"), None);
-        assert_eq!(parse_device_vni("ab12", "eth0"), None);
-        assert_eq!(parse_device_vni("ab12", "rbab1200100G"), None);
-    }
-
-    #[test]
     fn tags() {
         assert!(validate_tag("0a9f").is_ok());
         for bad in ["", "abc", "abcde", "ABCD", "wxyz", "ab-1"] {
             let err = validate_tag(bad).unwrap_err().to_string();
             assert!(err.contains("device tag"), "{err}");
         }
-        assert!(Overlay::new("zz").is_err());
-        assert_eq!(Overlay::new("00ff").unwrap().vxlan_name(1), "rx00ff000001");
+        assert!(Overlay::new("zz", "/x").is_err());
+        let ov = Overlay::new("00ff", "/var/lib/rswarm/overlay").unwrap();
+        assert_eq!(ov.vxlan_name(1), "rx00ff000001");
+        assert_eq!(
+            ov.netns_path(4096),
+            Path::new("/var/lib/rswarm/overlay/4096")
+        );
     }
 
     #[test]

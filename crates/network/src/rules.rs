@@ -173,34 +173,6 @@ pub(crate) fn base_rules(cfg: &BridgeConfig) -> Vec<(Rule, Placement)> {
     ]
 }
 
-/// The comment that marks the FORWARD rule of overlay bridge `bridge`.
-pub(crate) fn overlay_comment(bridge: &str) -> String {
-    format!("rswarm overlay {bridge}")
-}
-
-/// The filter FORWARD rule that lets frames bridged between the ports of overlay bridge
-/// `bridge` through, whatever the chain's policy, when br_netfilter hands bridged frames to
-/// iptables (bridge-nf-call-iptables=1). Insert it at the top.
-pub(crate) fn overlay_forward_rule(bridge: &str) -> Rule {
-    let comment = overlay_comment(bridge);
-    Rule::new(
-        Table::Filter,
-        "FORWARD",
-        &[
-            "-i",
-            bridge,
-            "-o",
-            bridge,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ],
-    )
-}
-
 /// The rules for one container's published ports (`ports` must have resolved host ports):
 /// a DNAT rule per mapping in `<prefix>-DNAT` and an ACCEPT per container port in `<prefix>-FWD`.
 pub(crate) fn container_rules(
@@ -473,25 +445,6 @@ mod tests {
         let stale: Vec<_> = listed.iter().filter(|r| is_stale(r, &["aaa"])).collect();
         assert_eq!(stale.len(), 2);
         assert!(stale.iter().all(|r| r.comment.as_deref() != Some("aaa")));
-    }
-
-    #[test]
-    fn overlay_forward_rule_is_scoped_and_findable() {
-        let r = overlay_forward_rule("rbabcd001004");
-        assert_eq!(
-            joined(&r),
-            "-t filter -A FORWARD -i rbabcd001004 -o rbabcd001004 -m comment --comment rswarm overlay rbabcd001004 -j ACCEPT"
-        );
-        // iptables -S quotes the comment; reading it back finds the rule by its comment.
-        let listing = "-P FORWARD DROP\n\
-            -A FORWARD -i rbabcd001004 -o rbabcd001004 -m comment --comment \"rswarm overlay rbabcd001004\" -j ACCEPT\n";
-        let listed = parse_listing(listing, "FORWARD");
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].spec, r.spec);
-        assert_eq!(
-            listed[0].comment.as_deref(),
-            Some(overlay_comment("rbabcd001004").as_str())
-        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{enter_netns, is_root, Netns};
+use common::{enter_netns, is_root, ok_in, Netns, NsDir};
 use rswarm_network::{
     mac_for_ip, NetworkError, Overlay, OverlayAttachment, OverlayNetwork, Peer, PeerChanges,
 };
@@ -33,6 +33,8 @@ fn netns() -> Netns {
 /// A switch namespace with a bridge and hosts hanging off it, each with its VTEP address
 /// `198.18.<octet>.<i+1>/24` on `u0` (MTU 1500).
 struct Lab {
+    /// Each host's overlay namespace directory (an agent's `<state dir>/overlay`).
+    dirs: Vec<NsDir>,
     hosts: Vec<Netns>,
     vteps: Vec<Ipv4Addr>,
     // Dropped last: the switch outlives the hosts' veths (either order cleans up).
@@ -45,6 +47,7 @@ impl Lab {
         switch.ok(&["ip", "link", "add", "sw", "type", "bridge"]);
         switch.ok(&["ip", "link", "set", "sw", "up"]);
         let mut lab = Lab {
+            dirs: Vec::new(),
             hosts: Vec::new(),
             vteps: Vec::new(),
             switch,
@@ -72,6 +75,7 @@ impl Lab {
             h.ok(&["ip", "link", "set", "u0", "up"]);
             lab.hosts.push(h);
             lab.vteps.push(vtep);
+            lab.dirs.push(NsDir::new());
         }
         // The underlay works before any overlay exists.
         ping(&lab.hosts[0], lab.vteps[hosts - 1]);
@@ -81,6 +85,34 @@ impl Lab {
     fn net(&self, host: usize, vni: u32, subnet: &str) -> OverlayNetwork {
         OverlayNetwork::new(vni, subnet.parse().unwrap(), self.vteps[host])
     }
+
+    /// An overlay agent of host `host` (a new one is a restarted agent: same namespace dir).
+    fn overlay(&self, host: usize) -> Overlay {
+        Overlay::new(TAG, self.dirs[host].path()).unwrap()
+    }
+}
+
+/// Runs a command inside network `vni`'s namespace of `ov`; returns stdout, without the
+/// `link-netnsid N` that `bridge fdb` adds there (the VXLAN device's parent is in the host's
+/// namespace).
+fn in_ov(ov: &Overlay, vni: u32, args: &[&str]) -> String {
+    let out = ok_in(&ov.netns_path(vni), args);
+    out.lines()
+        .map(|l| {
+            let words: Vec<&str> = l.split(' ').collect();
+            let mut kept = Vec::new();
+            let mut i = 0;
+            while i < words.len() {
+                if words[i] == "link-netnsid" {
+                    i += 2;
+                } else {
+                    kept.push(words[i]);
+                    i += 1;
+                }
+            }
+            kept.join(" ") + "\n"
+        })
+        .collect()
 }
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -197,7 +229,7 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
         return;
     }
     let lab = Lab::new(2, 41);
-    let (ov1, ov2) = (Overlay::new(TAG).unwrap(), Overlay::new(TAG).unwrap());
+    let (ov1, ov2) = (lab.overlay(0), lab.overlay(1));
     let (n1, n2) = (
         lab.net(0, 4100, "10.41.0.0/24"),
         lab.net(1, 4100, "10.41.0.0/24"),
@@ -209,18 +241,20 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
     assert_eq!(a1.prefix_len, 24);
     assert_eq!(a1.ifname, "eth1");
 
-    // Devices on the host: bridge and vxlan with MTU 1450, vxlan enslaved, learning off, proxy on.
+    // Devices in the network's namespace: bridge and vxlan with MTU 1450, vxlan enslaved,
+    // learning off, proxy on; none in the host's namespace.
     let h1 = &lab.hosts[0];
     let (br, vx) = (ov1.bridge_name(4100), ov1.vxlan_name(4100));
     assert_eq!(br, "rb7e57001004");
     assert_eq!(vx, "rx7e57001004");
-    let vxd = h1.ok(&["ip", "-d", "-o", "link", "show", "dev", &vx]);
+    assert_eq!(ov1.netns_path(4100), lab.dirs[0].path().join("4100"));
+    let ov = |args: &[&str]| in_ov(&ov1, 4100, args);
+    let vxd = ov(&["ip", "-d", "-o", "link", "show", "dev", &vx]);
     for want in [
         "mtu 1450",
         &format!("master {br}"),
         "vxlan id 4100",
         "local 198.18.41.1",
-        "dev u0",
         "dstport 4789",
         "nolearning",
         "proxy",
@@ -228,16 +262,31 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
     ] {
         assert!(vxd.contains(want), "{want:?} missing: {vxd}");
     }
-    let brd = h1.ok(&["ip", "-o", "link", "show", "dev", &br]);
+    let brd = ov(&["ip", "-o", "link", "show", "dev", &br]);
     assert!(brd.contains("mtu 1450") && brd.contains(",UP"), "{brd}");
-    let bra = h1.ok(&["ip", "-4", "-o", "addr", "show", "dev", &br]);
+    let bra = ov(&["ip", "-4", "-o", "addr", "show", "dev", &br]);
     assert!(bra.trim().is_empty(), "the bridge has no address: {bra}");
-    let ports = h1.ok(&["ip", "-o", "link", "show", "master", &br]);
+    let ports = ov(&["ip", "-o", "link", "show", "master", &br]);
     assert!(
         ports.contains(&a1.host_veth) && ports.contains(&vx),
         "{ports}"
     );
     assert!(ports.contains("mtu 1450"), "{ports}");
+    let host_links = h1.ok(&["ip", "-o", "link", "show"]);
+    assert!(
+        !host_links.contains(&br) && !host_links.contains(&vx) && !host_links.contains(": rv"),
+        "{host_links}"
+    );
+    // Bridged frames skip iptables there (when br_netfilter is around at all).
+    let brnf = ok_in(
+        &ov1.netns_path(4100),
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0",
+        ],
+    );
+    assert_eq!(brnf.trim(), "0");
 
     // The container end: address, MAC, MTU, up; no default route.
     let eth1 = c1.ok(&["ip", "-o", "link", "show", "dev", "eth1"]);
@@ -275,7 +324,7 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
     tcp(&c1, a1.ip, &c2, a2.ip);
     tcp(&c2, a2.ip, &c1, a1.ip);
 
-    // Idempotent: same MTU, no duplicate rule, peers in sync.
+    // Idempotent: same MTU, peers in sync, no host rule.
     let (mtu, again) = h1.block_on(|| async {
         let mtu = ov1.ensure_network(&n1).await.unwrap();
         let again = ov1
@@ -287,19 +336,20 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
     assert_eq!(mtu, 1450);
     assert!(again.is_empty(), "{again:?}");
     let fwd = forward_rules(h1);
-    assert_eq!(fwd.matches("rswarm overlay").count(), 1, "{fwd}");
-    assert!(
-        fwd.contains(&format!("-A FORWARD -i {br} -o {br}")),
-        "{fwd}"
-    );
+    assert!(!fwd.contains("-A FORWARD"), "{fwd}");
     // A fresh agent (restart) finds its networks and ensures without duplicating anything.
-    let restarted = Overlay::new(TAG).unwrap();
+    let restarted = lab.overlay(0);
     let nets = h1.block_on(|| async {
         restarted.ensure_network(&n1).await.unwrap();
         restarted.networks().await.unwrap()
     });
     assert_eq!(nets, vec![4100]);
-    assert_eq!(forward_rules(h1).matches("rswarm overlay").count(), 1);
+    assert_eq!(
+        ov(&["ip", "-o", "link", "show", "type", "vxlan"])
+            .lines()
+            .count(),
+        1
+    );
     ping(&c1, a2.ip);
 
     // Detach is idempotent and takes the container's interface away.
@@ -319,7 +369,7 @@ fn networks_are_isolated() {
         return;
     }
     let lab = Lab::new(2, 42);
-    let (ov1, ov2) = (Overlay::new(TAG).unwrap(), Overlay::new(TAG).unwrap());
+    let (ov1, ov2) = (lab.overlay(0), lab.overlay(1));
     let (a1n, a2n) = (
         lab.net(0, 4100, "10.51.0.0/24"),
         lab.net(1, 4100, "10.51.0.0/24"),
@@ -381,7 +431,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
         return;
     }
     let lab = Lab::new(3, 43);
-    let ovs: Vec<Overlay> = (0..3).map(|_| Overlay::new(TAG).unwrap()).collect();
+    let ovs: Vec<Overlay> = (0..3).map(|h| lab.overlay(h)).collect();
     let nets: Vec<OverlayNetwork> = (0..3).map(|h| lab.net(h, 4300, "10.43.0.0/24")).collect();
     let (c1, c2) = (netns(), netns());
     attach(&lab, 0, &ovs[0], &nets[0], "c1", &c1, "10.43.0.2");
@@ -402,10 +452,9 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
     set_peers(&lab, 1, &ovs[1], 4300, &[peer("10.43.0.2", lab.vteps[0])]);
     ping(&c1, ip("10.43.0.3"));
 
-    let h1 = &lab.hosts[0];
     let vx = ovs[0].vxlan_name(4300);
-    let fdb = || h1.ok(&["bridge", "fdb", "show", "dev", &vx]);
-    let neigh = || h1.ok(&["ip", "neigh", "show", "dev", &vx]);
+    let fdb = || in_ov(&ovs[0], 4300, &["bridge", "fdb", "show", "dev", &vx]);
+    let neigh = || in_ov(&ovs[0], 4300, &["ip", "neigh", "show", "dev", &vx]);
     let mac3 = mac_for_ip(ip("10.43.0.3"));
     let mac9 = mac_for_ip(ip("10.43.0.9"));
     let f = fdb();
@@ -421,33 +470,41 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
     // second destination: the kernel's `append` only adds to all-zeros and multicast MACs.)
     let mac60 = mac_for_ip(ip("10.43.0.60"));
     let fdb_add = |mac: &str, dst: &str, op: &str| {
-        h1.ok(&[
-            "bridge",
-            "fdb",
-            op,
-            mac,
-            "dev",
-            &vx,
-            "dst",
-            dst,
-            "self",
-            "permanent",
-        ]);
+        in_ov(
+            &ovs[0],
+            4300,
+            &[
+                "bridge",
+                "fdb",
+                op,
+                mac,
+                "dev",
+                &vx,
+                "dst",
+                dst,
+                "self",
+                "permanent",
+            ],
+        );
     };
     fdb_add(&mac60, &lab.vteps[1].to_string(), "add");
     fdb_add("00:00:00:00:00:00", "198.18.43.200", "append");
-    h1.ok(&[
-        "ip",
-        "neigh",
-        "add",
-        "10.43.0.50",
-        "lladdr",
-        "02:42:0a:2b:00:32",
-        "dev",
-        &vx,
-        "nud",
-        "permanent",
-    ]);
+    in_ov(
+        &ovs[0],
+        4300,
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "10.43.0.50",
+            "lladdr",
+            "02:42:0a:2b:00:32",
+            "dev",
+            &vx,
+            "nud",
+            "permanent",
+        ],
+    );
 
     // c2 goes away on host 1 and comes back with the same address on host 2.
     lab.hosts[1].block_on(|| async { ovs[1].detach(&a2).await.unwrap() });
@@ -511,7 +568,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
 
     // The other network's entries were left alone throughout.
     let other_vx = ovs[0].vxlan_name(4301);
-    let of = h1.ok(&["bridge", "fdb", "show", "dev", &other_vx]);
+    let of = in_ov(&ovs[0], 4301, &["bridge", "fdb", "show", "dev", &other_vx]);
     assert!(
         of.contains(&format!(
             "{} dst {} self permanent",
@@ -520,7 +577,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
         )),
         "{of}"
     );
-    let on = h1.ok(&["ip", "neigh", "show", "dev", &other_vx]);
+    let on = in_ov(&ovs[0], 4301, &["ip", "neigh", "show", "dev", &other_vx]);
     assert!(on.contains("10.44.0.7"), "{on}");
 
     // The empty set removes everything of the network, and only that.
@@ -534,9 +591,7 @@ fn set_peers_replaces_moved_and_removes_stale_entries() {
     );
     assert!(f.contains("00:00:00:00:00:00 dst 198.18.43.200"), "{f}");
     assert!(!neigh().contains("PERMANENT"), "{}", neigh());
-    assert!(h1
-        .ok(&["bridge", "fdb", "show", "dev", &other_vx])
-        .contains(" dst "));
+    assert!(in_ov(&ovs[0], 4301, &["bridge", "fdb", "show", "dev", &other_vx]).contains(" dst "));
 }
 
 /// The value of a bridge netfilter sysctl in the initial namespace (`None` when absent).
@@ -592,7 +647,7 @@ fn works_with_forward_drop_and_br_netfilter() {
             );
         }
     }
-    let (ov1, ov2) = (Overlay::new(TAG).unwrap(), Overlay::new(TAG).unwrap());
+    let (ov1, ov2) = (lab.overlay(0), lab.overlay(1));
     let (n1, n2) = (
         lab.net(0, 4400, "10.45.0.0/24"),
         lab.net(1, 4400, "10.45.0.0/24"),
@@ -605,33 +660,20 @@ fn works_with_forward_drop_and_br_netfilter() {
     ping(&c1, ip("10.45.0.3"));
     ping_args(&c2, ip("10.45.0.2"), &["-M", "do", "-s", "1372"]);
     tcp(&c1, ip("10.45.0.2"), &c2, ip("10.45.0.3"));
-    let fwd = forward_rules(&lab.hosts[0]);
-    assert!(fwd.contains("-P FORWARD DROP"), "policy untouched: {fwd}");
-
-    if per_netns {
-        // Without the rule the frames are dropped: this is what the rule is for.
-        let br = ov2.bridge_name(4400);
-        let comment = format!("rswarm overlay {br}");
-        let rule = [
-            "-i",
-            &br,
-            "-o",
-            &br,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ];
-        let mut del = vec!["iptables", "-w", "-D", "FORWARD"];
-        del.extend_from_slice(&rule);
-        lab.hosts[1].ok(&del);
-        no_ping(&c1, ip("10.45.0.3"));
-        // A restarted agent puts it back.
-        let restarted = Overlay::new(TAG).unwrap();
-        lab.hosts[1].block_on(|| async { restarted.ensure_network(&n2).await.unwrap() });
-        ping(&c1, ip("10.45.0.3"));
+    for (h, host) in lab.hosts.iter().enumerate() {
+        // Nothing in the host's firewall was needed or changed: the overlay's bridging happens
+        // in the network's own namespace, which the host's FORWARD chain never sees.
+        let fwd = forward_rules(host);
+        assert!(fwd.contains("-P FORWARD DROP"), "policy untouched: {fwd}");
+        assert!(!fwd.contains("-A FORWARD"), "no rule added on h{h}: {fwd}");
+        if per_netns {
+            assert_eq!(
+                host.ok(&["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"])
+                    .trim(),
+                "1",
+                "the host's br_netfilter setting is left alone"
+            );
+        }
     }
     let root_after = root_sysctl("bridge-nf-call-iptables");
     match root_before {
@@ -647,7 +689,7 @@ fn remove_network_leaves_nothing_behind() {
         return;
     }
     let lab = Lab::new(2, 45);
-    let (ov1, ov2) = (Overlay::new(TAG).unwrap(), Overlay::new(TAG).unwrap());
+    let (ov1, ov2) = (lab.overlay(0), lab.overlay(1));
     let n1 = lab.net(0, 4500, "10.46.0.0/24");
     let n2 = lab.net(1, 4500, "10.46.0.0/24");
     let keep = lab.net(0, 4501, "10.47.0.0/24");
@@ -665,27 +707,28 @@ fn remove_network_leaves_nothing_behind() {
             ov.remove_network(4500).await.unwrap();
         });
     }
-    for (h, host) in lab.hosts.iter().enumerate() {
-        let links = host.ok(&["ip", "-o", "link", "show"]);
+    for (h, ov) in [(0, &ov1), (1, &ov2)] {
+        // The namespace is gone (and with it every device of the network).
+        assert!(!ov.netns_path(4500).exists(), "h{h}");
+        let links = lab.hosts[h].ok(&["ip", "-o", "link", "show"]);
         assert!(
-            !links.contains("rb7e57001194") && !links.contains("rx7e57001194"),
+            !links.contains("7e57001194") && !links.contains(": rv"),
             "{links}"
         );
-        assert!(!links.contains(": rv"), "no host veth left: {links}");
-        let fwd = forward_rules(host);
-        assert!(!fwd.contains("rb7e57001194"), "{fwd}");
-        if h == 0 {
-            assert!(links.contains("rx7e57001195"), "the other network stays");
-            assert_eq!(fwd.matches("rswarm overlay").count(), 1, "{fwd}");
-        } else {
-            assert!(!fwd.contains("rswarm overlay"), "{fwd}");
-        }
     }
+    let kept = in_ov(&ov1, 4501, &["ip", "-o", "link", "show"]);
+    assert!(
+        kept.contains("rx7e57001195"),
+        "the other network stays: {kept}"
+    );
     assert!(!c1.cmd(&["ip", "link", "show", "eth1"]).status.success());
     let nets = lab.hosts[0].block_on(|| async { ov1.networks().await.unwrap() });
     assert_eq!(nets, vec![4501]);
     lab.hosts[0].block_on(|| async { ov1.remove_network(4501).await.unwrap() });
-    assert!(!forward_rules(&lab.hosts[0]).contains("rswarm overlay"));
+    assert!(std::fs::read_dir(lab.dirs[0].path())
+        .unwrap()
+        .next()
+        .is_none());
     let nets = lab.hosts[0].block_on(|| async { ov1.networks().await.unwrap() });
     assert!(nets.is_empty());
 }
@@ -697,7 +740,7 @@ fn errors_are_clear_and_attach_rolls_back() {
     }
     let lab = Lab::new(1, 46);
     let h = &lab.hosts[0];
-    let ov = Overlay::new(TAG).unwrap();
+    let ov = lab.overlay(0);
     let ctr = netns();
     let path = ctr.path();
     let (missing, not_local, too_big, exists, mtu) = h.block_on(|| async {
@@ -761,8 +804,9 @@ fn errors_are_clear_and_attach_rolls_back() {
         .to_string()
         .contains("already has an interface eth1"));
     assert_eq!(mtu, 1500);
-    let veths = h.ok(&["ip", "-o", "link", "show", "type", "veth"]);
+    let veths = in_ov(&ov, 4600, &["ip", "-o", "link", "show", "type", "veth"]);
     assert!(!veths.contains("rv"), "rolled back: {veths}");
-    let err = rswarm_network::Overlay::new("BAD!").unwrap_err();
+    assert!(!h.ok(&["ip", "-o", "link", "show"]).contains(": rv"));
+    let err = rswarm_network::Overlay::new("BAD!", lab.dirs[0].path()).unwrap_err();
     assert!(err.to_string().contains("device tag"), "{err}");
 }

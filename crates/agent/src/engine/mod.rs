@@ -350,7 +350,8 @@ impl Engine {
         let volumes = Volumes::open(root.join("volumes")).map_err(EngineError::runtime)?;
         let bridge_config = BridgeConfig::for_state_dir(&root);
         // The bridge's hash tells two agents' overlay devices apart in one namespace too.
-        let overlay = rswarm_network::Overlay::new(&bridge_config.bridge_name[3..7])?;
+        let overlay =
+            rswarm_network::Overlay::new(&bridge_config.bridge_name[3..7], root.join("overlay"))?;
         let bridge = Bridge::new(bridge_config).await?;
         let cgroup_parent = format!("/{}", cgroup::parent_for_state_dir(&root));
         let engine = Engine {

@@ -109,3 +109,42 @@ pub fn run(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A temporary directory for an overlay's namespace files; on drop every file in it is
+/// unmounted (lazily) before the directory goes, even when a test panics.
+pub struct NsDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl NsDir {
+    pub fn new() -> NsDir {
+        NsDir {
+            dir: tempfile::Builder::new()
+                .prefix("rswarm-ovns-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for NsDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// Runs a command inside the network namespace file `ns` (via nsenter), asserting success;
+/// returns stdout.
+pub fn ok_in(ns: &Path, args: &[&str]) -> String {
+    run(Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(args))
+}
