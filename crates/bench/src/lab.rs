@@ -881,13 +881,15 @@ pub(crate) struct SwarmCluster {
 }
 
 /// Starts [`SwarmCluster`] with fresh state in `<host dir>/swarm-<tag>`; `rootfs_tar` is
-/// imported as [`SWARM_IMAGE`] on every host.
+/// imported as [`SWARM_IMAGE`] on every host. `init_args` are added to `docker swarm init`
+/// (e.g. `--data-path-port 7789`).
 pub(crate) async fn start_swarm(
     lab: &Lab,
     dockerd: &Path,
     docker: &Path,
     rootfs_tar: &Path,
     tag: &str,
+    init_args: &[&str],
 ) -> anyhow::Result<SwarmCluster> {
     let mut dep = Deployment::default();
     let mut sockets = Vec::new();
@@ -944,7 +946,8 @@ pub(crate) async fn start_swarm(
     }
     let h1 = &lab.hosts[0];
     let mut cmd = docker_cmd(docker, &sockets[0]);
-    cmd.args(["swarm", "init", "--advertise-addr", &h1.ip]);
+    cmd.args(["swarm", "init", "--advertise-addr", &h1.ip])
+        .args(init_args);
     run_cmd(cmd, "docker swarm init").await?;
     let mut cmd = docker_cmd(docker, &sockets[0]);
     cmd.args(["swarm", "join-token", "-q", "worker"]);

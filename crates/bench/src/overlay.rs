@@ -5,19 +5,26 @@
 //!    namespaces (the underlay), between the two tasks of a global service on the `benchnet`
 //!    overlay (rswarm), and the same on Docker Swarm's overlay. iperf3 is the host's, run inside
 //!    each task's network namespace with `nsenter --net=/proc/PID/ns/net` (the image has none).
-//!    Each figure is the p50 over `--runs` runs (receiver's rate, `iperf3 -J`).
+//!    Runs are interleaved: run k is one underlay run, then the two overlays back to back (rswarm
+//!    first in odd runs, Swarm first in even ones), so that a run's three figures (receiver's
+//!    rate, `iperf3 -J`) are taken seconds apart: this machine's speed drifts by ±15% over
+//!    minutes, which would bias a comparison of figures taken minutes apart. Each Gbit/s row is
+//!    the p50 over `--runs` runs; the ratios (and their goals) are the median of the per-run
+//!    ratios, with their min–max.
 //! 2. RUNNING → reachable (`--reach-samples` times per system): a service pinned to host 1 is
 //!    scaled 0 → 1; as soon as the manager's task list gives the task its overlay address, the
 //!    steady task on host 2 pings it every 2 ms (`ping -D`); the figure is the first reply's time
 //!    minus the task's RUNNING status timestamp as reported by the task list (both clocks are
 //!    this machine's). Negative values (a reply before RUNNING was reported) count as 0 and are
 //!    counted. For context, the time from the `service scale` command to the first reply is shown
-//!    too.
+//!    too. rswarm's samples come first, then Swarm's, after all the iperf3 runs (both clusters
+//!    still up).
 //!
 //! Topology (crate::lab): two host namespaces on a bridge in a "switch" namespace, 198.19.42.K/24,
-//! veths of MTU 1500, no route anywhere else; a registry for rswarm's image in the switch. Each
-//! system gets one fresh cluster for all its runs (rswarm first, then Docker Swarm, never both at
-//! once: both use UDP 4789); between them the host namespaces are reset (links, iptables).
+//! veths of MTU 1500, no route anywhere else; a registry for rswarm's image in the switch. Both
+//! systems' clusters are up at once on the same hosts, for all the runs: rswarm's VXLAN uses UDP
+//! 4789, Docker Swarm's UDP 7789 (`swarm init --data-path-port`), so their VXLAN sockets do not
+//! collide. With `--no-swarm`, only rswarm's cluster is started (run k: underlay, then rswarm).
 //!
 //! Must run as root. Everything it creates (namespaces, processes, containers, cgroups, mounts,
 //! directories, the iptables rules the daemons add inside the lab's namespaces) is removed when
@@ -40,25 +47,28 @@ use tonic::transport::Channel;
 
 use crate::lab::{
     bin_dir, check_tools, docker_cmd, docker_get, docker_get_opt, interrupted, machine_line,
-    run_cmd, say, start_rswarm, start_swarm, url_encode, version_of, Lab, RPC_TIMEOUT,
-    RSWARM_IMAGE, SUBNET, SWARM_IMAGE,
+    run_cmd, say, start_rswarm, start_swarm, url_encode, version_of, Lab, RswarmCluster,
+    SwarmCluster, RPC_TIMEOUT, RSWARM_IMAGE, SUBNET, SWARM_IMAGE,
 };
 use crate::stats::{fmt_duration, fmt_period, percentile, Summary};
 use crate::table::{fmt_ratio, yes_no, Align, Table};
 
-/// Goal: rswarm's overlay at least this multiple of Swarm's overlay (p50 Gbit/s).
+/// Goal: rswarm's overlay at least this multiple of Swarm's overlay (median of per-run ratios).
 pub const GOAL_VS_SWARM: f64 = 1.05;
-/// Goal: rswarm's overlay at least this fraction of the underlay (p50 Gbit/s).
+/// Goal: rswarm's overlay at least this fraction of the underlay (median of per-run ratios).
 pub const GOAL_VS_UNDERLAY: f64 = 0.85;
 /// Goal: RUNNING → reachable from another host, p99.
 pub const REACH_GOAL: Duration = Duration::from_millis(200);
 /// Docker Swarm 20.10's overlay and the underlay beside it, measured on this machine
 /// (REFERENCE.md §2); with --no-swarm, Swarm's overlay is estimated as this run's underlay times
-/// their ratio (absolute rates follow the machine's load).
+/// their ratio, run by run (absolute rates follow the machine's load).
 pub const SWARM_OVERLAY_REF_GBPS: f64 = 13.1;
 pub const UNDERLAY_REF_GBPS: f64 = 16.9;
 
 const HOSTS: usize = 2;
+/// Docker Swarm's VXLAN port (`swarm init --data-path-port`): rswarm's overlay holds UDP 4789 in
+/// the same host namespaces.
+const SWARM_DATA_PATH_PORT: &str = "7789";
 const NETNS_PREFIX: &str = "rsbov-";
 const NETWORK: &str = "benchnet";
 /// The global service whose two tasks carry the iperf3 traffic (and probe reachability).
@@ -86,7 +96,8 @@ pub struct OverlayArgs {
     /// Directory holding `rswarm` and `rswarm-shim` (default: the directory of this executable).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// iperf3 runs per system (the table shows their p50).
+    /// Interleaved iperf3 runs, each one over the underlay and one over each overlay (the table
+    /// shows each figure's p50 and the median of the per-run ratios).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Seconds of each iperf3 run (`iperf3 -t`).
@@ -585,16 +596,65 @@ impl Reach {
     }
 }
 
+/// One interleaved run's iperf3 rates in Gbit/s; `None` where that measurement failed or was
+/// not made (no such cluster).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct RunFigures {
+    underlay: Option<f64>,
+    rswarm: Option<f64>,
+    swarm: Option<f64>,
+    /// rswarm's overlay was measured before Swarm's in this run.
+    rswarm_first: bool,
+}
+
 /// Everything measured.
 #[derive(Debug, Default)]
 struct Results {
-    underlay: Vec<f64>,
-    rswarm: Vec<f64>,
-    swarm: Vec<f64>,
+    /// One entry per run, in order.
+    runs: Vec<RunFigures>,
     rswarm_reach: Vec<Reach>,
     swarm_reach: Vec<Reach>,
     /// Why a row has no (or fewer) figures.
     failures: Vec<String>,
+}
+
+impl Results {
+    /// One figure of every run that has it.
+    fn figures(&self, f: impl Fn(&RunFigures) -> Option<f64>) -> Vec<f64> {
+        self.runs.iter().filter_map(f).collect()
+    }
+}
+
+/// The median, min and max of per-run ratios, and how many runs gave one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RatioStats {
+    /// The middle ratio; the mean of the two middle ones for an even count.
+    median: f64,
+    min: f64,
+    max: f64,
+    n: usize,
+}
+
+/// `a_k / b_k` of every run k (pairs `(a_k, b_k)`) that has both figures and `b_k > 0`,
+/// summarised; `None` if no run has. Each ratio compares figures taken seconds apart, so the
+/// machine's slow drift in speed cancels out, unlike in a ratio of p50s.
+fn per_run_ratios(
+    pairs: impl IntoIterator<Item = (Option<f64>, Option<f64>)>,
+) -> Option<RatioStats> {
+    let mut r: Vec<f64> = pairs.into_iter().filter_map(|(a, b)| ratio(a, b)).collect();
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => r[n / 2],
+        _ => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    };
+    Some(RatioStats {
+        median,
+        min: r[0],
+        max: r[n - 1],
+        n,
+    })
 }
 
 /// The two hosts' namespaces, h1 → h2.
@@ -760,136 +820,70 @@ struct Ctx {
     rootfs_tar: PathBuf,
 }
 
-/// Pushes a run's figure, or the failure.
+/// Logs a run's figure or its failure (kept in `failures`); the figure.
 fn record(
     what: &str,
     r: anyhow::Result<f64>,
-    into: &mut Vec<f64>,
     failures: &mut Vec<String>,
     log: &mut impl Write,
-) {
+) -> Option<f64> {
     match r {
         Ok(g) => {
             say(log, format!("{what}: {g:.2} Gbit/s"));
-            into.push(g);
+            Some(g)
         }
         Err(e) => {
             say(log, format!("{what}: FAILED: {e:#}"));
             failures.push(format!("{what}: {e:#}"));
+            None
         }
     }
 }
 
-/// rswarm's cluster: its iperf3 runs, each after one of the underlay, then the reach samples.
-async fn rswarm_phase(
+/// A cluster with [`NETWORK`] and the global [`PERF`] service deployed.
+struct Deployed<'a> {
+    sys: Sys<'a>,
+    /// The `perf` tasks on h1 (iperf3 client, reach target's host) and h2 (server, prober).
+    h1: Endpoint,
+    h2: Endpoint,
+    /// The constraint that pins a task to h1.
+    pin_h1: String,
+}
+
+/// `benchnet` and `perf` on rswarm's cluster.
+async fn deploy_rswarm<'a>(
     lab: &Lab,
-    ctx: &Ctx,
+    c: &'a RswarmCluster,
+    ctx: &'a Ctx,
     args: &OverlayArgs,
-    res: &mut Results,
-    log: &mut impl Write,
-) -> anyhow::Result<()> {
-    let (h1, h2) = underlay_endpoints(lab);
-    say(
-        log,
-        "rswarm: cluster, network benchnet, global service perf ...",
-    );
-    let mut cluster = start_rswarm(lab, &ctx.rswarm, "overlay").await;
-    if let Ok(c) = &mut cluster {
-        c.dep.reset_netns = true;
-    }
-    let mut sys = cluster.as_ref().ok().map(|c| Sys {
+) -> anyhow::Result<Deployed<'a>> {
+    let mut sys = Sys {
         api: Api::Rswarm {
             rswarm: &ctx.rswarm,
             sockets: &c.sockets,
             client: c.client.clone(),
         },
         net_id: String::new(),
-    });
-    let eps = match (&cluster, &mut sys) {
-        (Ok(c), Some(sys)) => {
-            let host_of = |id: &str| {
-                let n = c.nodes.iter().find(|n| n.0 == id)?;
-                lab.hosts.iter().position(|h| h.name == n.1)
-            };
-            deploy_perf(sys, &host_of, args.timeout).await
-        }
-        (Err(e), _) => Err(anyhow!("{e:#}")),
-        (Ok(_), None) => Err(anyhow!("no cluster")),
     };
-    let eps = match eps {
-        Ok(eps) => {
-            say(
-                log,
-                format!(
-                    "rswarm: perf tasks at {} (h1), {} (h2)",
-                    eps.0.addr, eps.1.addr
-                ),
-            );
-            Some(eps)
-        }
-        Err(e) => {
-            say(log, format!("rswarm: set-up FAILED: {e:#}"));
-            res.failures.push(format!("rswarm set-up: {e:#}"));
-            None
-        }
+    let host_of = |id: &str| {
+        let n = c.nodes.iter().find(|n| n.0 == id)?;
+        lab.hosts.iter().position(|h| h.name == n.1)
     };
-    for run in 1..=args.runs {
-        let r = iperf_between(&h1, &h2, args).await;
-        record(
-            &format!("underlay run {run}"),
-            r,
-            &mut res.underlay,
-            &mut res.failures,
-            log,
-        );
-        if let Some((a, b)) = &eps {
-            let r = iperf_between(a, b, args).await;
-            record(
-                &format!("rswarm overlay run {run}"),
-                r,
-                &mut res.rswarm,
-                &mut res.failures,
-                log,
-            );
-        }
-    }
-    if let (Some(sys), Some((_, b))) = (&mut sys, &eps) {
-        let constraint = format!("node.hostname=={}", lab.hosts[0].name);
-        if let Err(e) = reach_samples(
-            sys,
-            &constraint,
-            b,
-            args,
-            &mut res.rswarm_reach,
-            &mut res.failures,
-            log,
-        )
-        .await
-        {
-            say(log, format!("rswarm reach: FAILED: {e:#}"));
-            res.failures.push(format!("rswarm reachability: {e:#}"));
-        }
-    }
-    drop(sys);
-    drop(cluster);
-    Ok(())
+    let (h1, h2) = deploy_perf(&mut sys, &host_of, args.timeout).await?;
+    Ok(Deployed {
+        sys,
+        h1,
+        h2,
+        pin_h1: format!("node.hostname=={}", lab.hosts[0].name),
+    })
 }
 
-/// Docker Swarm's cluster: its iperf3 runs, each after one of the underlay, then the reach
-/// samples.
-async fn swarm_phase(
-    lab: &Lab,
-    ctx: &Ctx,
+/// `benchnet` and `perf` on Docker Swarm's cluster.
+async fn deploy_swarm<'a>(
+    c: &'a SwarmCluster,
+    ctx: &'a Ctx,
     args: &OverlayArgs,
-    res: &mut Results,
-    log: &mut impl Write,
-) -> anyhow::Result<()> {
-    say(
-        log,
-        "swarm: cluster, network benchnet, global service perf ...",
-    );
-    let mut c = start_swarm(lab, &ctx.dockerd, &ctx.docker, &ctx.rootfs_tar, "overlay").await?;
-    c.dep.reset_netns = true;
+) -> anyhow::Result<Deployed<'a>> {
     let mut ids = Vec::new();
     for s in &c.sockets {
         let info = docker_get(s, "/info").await?;
@@ -909,41 +903,124 @@ async fn swarm_phase(
         net_id: String::new(),
     };
     let host_of = |id: &str| ids.iter().position(|n| n == id);
-    let (a, b) = deploy_perf(&mut sys, &host_of, args.timeout).await?;
-    say(
-        log,
-        format!("swarm: perf tasks at {} (h1), {} (h2)", a.addr, b.addr),
-    );
-    let (h1, h2) = underlay_endpoints(lab);
-    for run in 1..=args.runs {
-        let r = iperf_between(&h1, &h2, args).await;
-        let what = format!("underlay run {} (beside Swarm)", args.runs + run);
-        record(&what, r, &mut res.underlay, &mut res.failures, log);
-        let r = iperf_between(&a, &b, args).await;
-        record(
-            &format!("swarm overlay run {run}"),
-            r,
-            &mut res.swarm,
-            &mut res.failures,
-            log,
-        );
-    }
-    // Every dockerd reports the VM's hostname: pin by node id.
-    let constraint = format!("node.id=={}", ids[0]);
-    reach_samples(
-        &mut sys,
-        &constraint,
-        &b,
-        args,
-        &mut res.swarm_reach,
-        &mut res.failures,
-        log,
-    )
-    .await?;
-    drop(c);
-    Ok(())
+    let (h1, h2) = deploy_perf(&mut sys, &host_of, args.timeout).await?;
+    Ok(Deployed {
+        sys,
+        h1,
+        h2,
+        // Every dockerd reports the VM's hostname: pin by node id.
+        pin_h1: format!("node.id=={}", ids[0]),
+    })
 }
 
+/// Logs a set-up's outcome; the deployed cluster, or `None` with the failure recorded.
+fn set_up<'a>(
+    name: &str,
+    r: anyhow::Result<Deployed<'a>>,
+    failures: &mut Vec<String>,
+    log: &mut impl Write,
+) -> Option<Deployed<'a>> {
+    match r {
+        Ok(d) => {
+            say(
+                log,
+                format!(
+                    "{name}: perf tasks at {} (h1), {} (h2)",
+                    d.h1.addr, d.h2.addr
+                ),
+            );
+            Some(d)
+        }
+        Err(e) => {
+            say(log, format!("{name}: set-up FAILED: {e:#}"));
+            failures.push(format!("{name} set-up: {e:#}"));
+            None
+        }
+    }
+}
+
+/// Whether run `run` (1-based) measures rswarm's overlay before Swarm's: odd runs do, even runs
+/// measure Swarm's first, so that neither system always runs right after the underlay.
+fn rswarm_first(run: usize) -> bool {
+    run % 2 == 1
+}
+
+/// `--runs` interleaved runs: the underlay, then each deployed overlay, back to back.
+async fn iperf_runs(
+    lab: &Lab,
+    rswarm: Option<&Deployed<'_>>,
+    swarm: Option<&Deployed<'_>>,
+    args: &OverlayArgs,
+    res: &mut Results,
+    log: &mut impl Write,
+) {
+    let (h1, h2) = underlay_endpoints(lab);
+    for run in 1..=args.runs {
+        // Pushed first: an interrupted run keeps what it measured.
+        let k = res.runs.len();
+        res.runs.push(RunFigures {
+            rswarm_first: rswarm_first(run),
+            ..RunFigures::default()
+        });
+        let r = iperf_between(&h1, &h2, args).await;
+        res.runs[k].underlay = record(&format!("underlay run {run}"), r, &mut res.failures, log);
+        let order = if rswarm_first(run) {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_rswarm in order {
+            let (d, name) = if is_rswarm {
+                (rswarm, "rswarm")
+            } else {
+                (swarm, "swarm")
+            };
+            let Some(d) = d else { continue };
+            let r = iperf_between(&d.h1, &d.h2, args).await;
+            let g = record(
+                &format!("{name} overlay run {run}"),
+                r,
+                &mut res.failures,
+                log,
+            );
+            if is_rswarm {
+                res.runs[k].rswarm = g;
+            } else {
+                res.runs[k].swarm = g;
+            }
+        }
+        let f = res.runs[k];
+        let q = |a: Option<f64>, b: Option<f64>| fmt_ratio(ratio(a, b));
+        let mut line = format!("run {run}: rswarm/underlay {}", q(f.rswarm, f.underlay));
+        if swarm.is_some() {
+            line += &format!(
+                ", swarm/underlay {}, rswarm/swarm {}",
+                q(f.swarm, f.underlay),
+                q(f.rswarm, f.swarm)
+            );
+        }
+        say(log, line);
+    }
+}
+
+/// `--reach-samples` reachability samples on one deployed cluster; a failure is recorded.
+async fn reach_of(
+    name: &str,
+    d: &mut Deployed<'_>,
+    args: &OverlayArgs,
+    out: &mut Vec<Reach>,
+    failures: &mut Vec<String>,
+    log: &mut impl Write,
+) {
+    if let Err(e) = reach_samples(&mut d.sys, &d.pin_h1, &d.h2, args, out, failures, log).await {
+        say(log, format!("{name} reach: FAILED: {e:#}"));
+        failures.push(format!("{name} reachability: {e:#}"));
+    }
+}
+
+/// Both clusters up at once (rswarm's, and unless `--no-swarm` Docker Swarm's with its VXLAN on
+/// [`SWARM_DATA_PATH_PORT`]), the interleaved iperf3 runs, then each system's reach samples;
+/// everything is removed at the end.
 async fn measure(
     args: &OverlayArgs,
     ctx: &Ctx,
@@ -958,14 +1035,91 @@ async fn measure(
     let mut lab = Lab::new(parent, HOSTS, NETNS_PREFIX, "rswarm-bench-overlay-")?;
     lab.prepare_images(&ctx.rootfs_tar).await?;
     say(log, format!("lab ready in {}", lab.path.display()));
-    rswarm_phase(&lab, ctx, args, res, log).await?;
-    if !args.no_swarm {
-        if let Err(e) = swarm_phase(&lab, ctx, args, res, log).await {
-            say(log, format!("swarm: FAILED: {e:#}"));
-            res.failures.push(format!("Docker Swarm: {e:#}"));
+
+    // The clusters are declared before what borrows them and dropped explicitly at the end;
+    // on an error or Ctrl-C they are dropped in reverse order all the same.
+    say(
+        log,
+        "rswarm: cluster (VXLAN UDP 4789), network benchnet, global service perf ...",
+    );
+    let rswarm_cluster = start_rswarm(&lab, &ctx.rswarm, "overlay")
+        .await
+        .map(|mut c| {
+            c.dep.reset_netns = true;
+            c
+        });
+    let r = match &rswarm_cluster {
+        Ok(c) => deploy_rswarm(&lab, c, ctx, args).await,
+        Err(e) => Err(anyhow!("{e:#}")),
+    };
+    let mut rswarm = set_up("rswarm", r, &mut res.failures, log);
+    let swarm_cluster = if args.no_swarm {
+        None
+    } else {
+        say(
+            log,
+            format!(
+                "swarm: cluster (swarm init --data-path-port {SWARM_DATA_PATH_PORT}), network benchnet, global service perf ..."
+            ),
+        );
+        Some(
+            start_swarm(
+                &lab,
+                &ctx.dockerd,
+                &ctx.docker,
+                &ctx.rootfs_tar,
+                "overlay",
+                &["--data-path-port", SWARM_DATA_PATH_PORT],
+            )
+            .await
+            .map(|mut c| {
+                c.dep.reset_netns = true;
+                c
+            }),
+        )
+    };
+    let mut swarm = match &swarm_cluster {
+        None => None,
+        Some(c) => {
+            let r = match c {
+                Ok(c) => deploy_swarm(c, ctx, args).await,
+                Err(e) => Err(anyhow!("{e:#}")),
+            };
+            set_up("Docker Swarm", r, &mut res.failures, log)
         }
+    };
+
+    iperf_runs(&lab, rswarm.as_ref(), swarm.as_ref(), args, res, log).await;
+    if let Some(d) = &mut rswarm {
+        reach_of(
+            "rswarm",
+            d,
+            args,
+            &mut res.rswarm_reach,
+            &mut res.failures,
+            log,
+        )
+        .await;
     }
-    say(log, "removing the lab ...");
+    if let Some(d) = &mut swarm {
+        reach_of(
+            "Docker Swarm",
+            d,
+            args,
+            &mut res.swarm_reach,
+            &mut res.failures,
+            log,
+        )
+        .await;
+    }
+
+    say(log, "removing the clusters and the lab ...");
+    drop((swarm, rswarm));
+    // Dropping the first Deployment kills every process in the host namespaces (the other
+    // system's daemons too) and resets them; the second then removes its own containers,
+    // cgroups, mounts and state, and resets the namespaces again (idempotent).
+    drop(swarm_cluster);
+    drop(rswarm_cluster);
     drop(lab);
     Ok(())
 }
@@ -1021,6 +1175,20 @@ fn reach_cell(v: &[Reach]) -> String {
     )
 }
 
+/// "0.82× (0.78×–0.85×)" (with `prefix` before it); "—" without runs.
+fn ratio_cell(s: Option<RatioStats>, prefix: &str) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!(
+            "{prefix}{} ({}–{})",
+            fmt_ratio(Some(s.median)),
+            fmt_ratio(Some(s.min)),
+            fmt_ratio(Some(s.max))
+        ),
+        Some(s) => format!("{prefix}{}", fmt_ratio(Some(s.median))),
+        None => "—".into(),
+    }
+}
+
 fn table(res: &Results, args: &OverlayArgs) -> Table {
     let mut t = Table::new(["Measurement", "Result", "Goal", "Met"]);
     t = t.align(1, Align::Right);
@@ -1029,67 +1197,86 @@ fn table(res: &Results, args: &OverlayArgs) -> Table {
         args.streams, args.seconds
     );
     let runs = |v: &[f64]| format!("[{} / {} runs]", v.len(), args.runs);
-    let underlay_runs = if args.no_swarm {
-        args.runs
-    } else {
-        2 * args.runs
+    let (underlay, ours, theirs) = (
+        res.figures(|r| r.underlay),
+        res.figures(|r| r.rswarm),
+        res.figures(|r| r.swarm),
+    );
+    // Swarm's figure of run k: measured, or with --no-swarm this run's underlay × the reference.
+    let ref_ratio = SWARM_OVERLAY_REF_GBPS / UNDERLAY_REF_GBPS;
+    let swarm_k = |r: &RunFigures| {
+        if args.no_swarm {
+            r.underlay.map(|u| u * ref_ratio)
+        } else {
+            r.swarm
+        }
     };
-    let under = p50(&res.underlay);
-    let ours = p50(&res.rswarm);
-    let (swarm_cell, theirs) = if args.no_swarm {
-        let r = SWARM_OVERLAY_REF_GBPS / UNDERLAY_REF_GBPS;
-        match under {
-            Some(u) => (
-                format!(
-                    "≈ {:.2} Gbit/s (not run: this underlay × REFERENCE.md's {SWARM_OVERLAY_REF_GBPS}/{UNDERLAY_REF_GBPS})",
-                    u * r
-                ),
-                Some(u * r),
+    let swarm_cell = if args.no_swarm {
+        match p50(&underlay) {
+            Some(u) => format!(
+                "≈ {:.2} Gbit/s (not run: this underlay × REFERENCE.md's {SWARM_OVERLAY_REF_GBPS}/{UNDERLAY_REF_GBPS})",
+                u * ref_ratio
             ),
-            None => ("— (not run)".into(), None),
+            None => "— (not run)".into(),
         }
     } else {
-        (gbps_cell(&res.swarm), p50(&res.swarm))
+        gbps_cell(&theirs)
     };
     t.row([
-        format!(
-            "{iperf}: underlay (host namespaces) [{} / {underlay_runs} runs]",
-            res.underlay.len()
-        ),
-        gbps_cell(&res.underlay),
+        format!("{iperf}: underlay (host namespaces) {}", runs(&underlay)),
+        gbps_cell(&underlay),
         "—".into(),
         "—".into(),
     ]);
     t.row([
-        format!("{iperf}: Docker Swarm overlay {}", runs(&res.swarm)),
+        format!("{iperf}: Docker Swarm overlay {}", runs(&theirs)),
         swarm_cell,
         "—".into(),
         "—".into(),
     ]);
     t.row([
-        format!("{iperf}: rswarm overlay {}", runs(&res.rswarm)),
-        gbps_cell(&res.rswarm),
+        format!("{iperf}: rswarm overlay {}", runs(&ours)),
+        gbps_cell(&ours),
         "—".into(),
         "—".into(),
     ]);
-    let vs_swarm = ratio(ours, theirs);
+    let per_run = |s: &Option<RatioStats>| {
+        format!(
+            "median of per-run ratios (min–max) [{} / {} runs]",
+            s.map_or(0, |s| s.n),
+            args.runs
+        )
+    };
+    let vs_swarm = per_run_ratios(res.runs.iter().map(|r| (r.rswarm, swarm_k(r))));
+    let (what, prefix) = if args.no_swarm {
+        (" (Swarm's: each run's underlay × the reference)", "≈ ")
+    } else {
+        ("", "")
+    };
     t.row([
-        "rswarm overlay / Docker Swarm overlay (p50s)".to_string(),
-        fmt_ratio(vs_swarm),
+        format!(
+            "rswarm overlay / Docker Swarm overlay{what}: {}",
+            per_run(&vs_swarm)
+        ),
+        ratio_cell(vs_swarm, prefix),
         format!("≥ {GOAL_VS_SWARM:.2}×"),
-        yes_no(vs_swarm.map(|r| r >= GOAL_VS_SWARM)).into(),
+        yes_no(vs_swarm.map(|r| r.median >= GOAL_VS_SWARM)).into(),
     ]);
-    let vs_under = ratio(ours, under);
+    let vs_under = per_run_ratios(res.runs.iter().map(|r| (r.rswarm, r.underlay)));
     t.row([
-        "rswarm overlay / underlay (p50s)".to_string(),
-        fmt_ratio(vs_under),
+        format!("rswarm overlay / underlay: {}", per_run(&vs_under)),
+        ratio_cell(vs_under, ""),
         format!("≥ {GOAL_VS_UNDERLAY:.2}×"),
-        yes_no(vs_under.map(|r| r >= GOAL_VS_UNDERLAY)).into(),
+        yes_no(vs_under.map(|r| r.median >= GOAL_VS_UNDERLAY)).into(),
     ]);
     if !args.no_swarm {
+        let theirs_under = per_run_ratios(res.runs.iter().map(|r| (r.swarm, r.underlay)));
         t.row([
-            "Docker Swarm overlay / underlay (p50s)".to_string(),
-            fmt_ratio(ratio(theirs, under)),
+            format!(
+                "Docker Swarm overlay / underlay: {}",
+                per_run(&theirs_under)
+            ),
+            ratio_cell(theirs_under, ""),
             "—".into(),
             "—".into(),
         ]);
@@ -1131,6 +1318,22 @@ fn table(res: &Results, args: &OverlayArgs) -> Table {
         ]);
     }
     t
+}
+
+/// "1 (rswarm first): underlay 16.10, rswarm 13.20, Swarm 13.00"; a failed figure is "—".
+fn run_line(k: usize, r: &RunFigures, no_swarm: bool) -> String {
+    let g = |v: Option<f64>| v.map_or("—".into(), |g| format!("{g:.2}"));
+    if no_swarm {
+        format!("{k}: underlay {}, rswarm {}", g(r.underlay), g(r.rswarm))
+    } else {
+        format!(
+            "{k} ({} first): underlay {}, rswarm {}, Swarm {}",
+            if r.rswarm_first { "rswarm" } else { "Swarm" },
+            g(r.underlay),
+            g(r.rswarm),
+            g(r.swarm)
+        )
+    }
 }
 
 /// "p50 40.1 ms, p99 95.0 ms, max 95.0 ms"; "—" without samples.
@@ -1177,8 +1380,28 @@ fn write_report(
     writeln!(out)?;
     writeln!(
         out,
-        "- Hosts: two network namespaces with a 1500-MTU veth each to a bridge ({SUBNET}.1, {SUBNET}.2). Overlays: network `{NETWORK}` (VXLAN), a global service `{PERF}` with one busybox task per host; iperf3 (the host's) runs in the tasks' network namespaces via nsenter, server on h2, client on h1. rswarm's cluster is measured first, then Docker Swarm's (never both at once); each overlay run follows an underlay run, and the underlay figure is the p50 of all of them (both clusters idle beside it)."
+        "- Hosts: two network namespaces with a 1500-MTU veth each to a bridge ({SUBNET}.1, {SUBNET}.2). Overlays: network `{NETWORK}` (VXLAN), a global service `{PERF}` with one busybox task per host; iperf3 (the host's) runs in the tasks' network namespaces via nsenter, server on h2, client on h1."
     )?;
+    if args.no_swarm {
+        writeln!(
+            out,
+            "- Only rswarm's cluster (--no-swarm). Run k = one underlay run, then one run over rswarm's overlay (cluster idle beside the underlay run). Ratios: median of the per-run ratios (min–max), goals judged on it; Swarm's figure of run k is estimated as that run's underlay × {SWARM_OVERLAY_REF_GBPS}/{UNDERLAY_REF_GBPS}. The Gbit/s rows are the p50s of the runs."
+        )?;
+    } else {
+        writeln!(
+            out,
+            "- Both clusters are up at once on the same hosts (rswarm's VXLAN on UDP 4789, Docker Swarm's on UDP {SWARM_DATA_PATH_PORT}: `swarm init --data-path-port`). Run k = one underlay run, then both overlays back to back, rswarm first in odd runs and Swarm first in even ones (both clusters idle beside each run), so that a run's three figures are taken seconds apart while this machine's speed drifts over minutes. Ratios: median of the per-run ratios (e.g. rswarm_k / swarm_k; a run lacking one of the two figures is left out), min–max beside it; the goals are judged on these medians. The Gbit/s rows are the p50s of the runs."
+        )?;
+    }
+    let runs: Vec<String> = res
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| run_line(i + 1, r, args.no_swarm))
+        .collect();
+    if !runs.is_empty() {
+        writeln!(out, "- Per run (Gbit/s): {}", runs.join("; "))?;
+    }
     writeln!(
         out,
         "- RUNNING → reachable: service `{REACH}` pinned to h1 scaled 0 → 1 ({} times per system); from the moment the manager's task list gives the task an address on `{NETWORK}`, the `{PERF}` task on h2 pings it every 2 ms (ARP retransmit set to {PROBE_ARP_RETRANS_MS} ms in that task so that a probe started early does not wait a second for its next ARP); result = first reply (`ping -D`) − the task's RUNNING status timestamp from the task list (polled every {}); clamped at 0. `service scale reach=1` → reachable: from the start of that CLI command (`-d`) to the first reply.",
@@ -1321,12 +1544,66 @@ mod tests {
     }
 
     #[test]
+    fn per_run_ratios_give_median_min_max_and_skip_failed_runs() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let s = per_run_ratios([
+            (Some(8.0), Some(10.0)),
+            (Some(9.0), None),
+            (Some(12.0), Some(10.0)),
+            (None, Some(10.0)),
+            (Some(9.0), Some(10.0)),
+            (Some(1.0), Some(0.0)),
+        ])
+        .unwrap();
+        assert_eq!(s.n, 3);
+        assert!(
+            close(s.median, 0.9) && close(s.min, 0.8) && close(s.max, 1.2),
+            "{s:?}"
+        );
+        // Even count: the mean of the two middle ratios.
+        let s = per_run_ratios([
+            (Some(1.0), Some(1.0)),
+            (Some(4.0), Some(2.0)),
+            (Some(3.0), Some(1.0)),
+            (Some(1.0), Some(2.0)),
+        ])
+        .unwrap();
+        assert_eq!(s.n, 4);
+        assert!(
+            close(s.median, 1.5) && close(s.min, 0.5) && close(s.max, 3.0),
+            "{s:?}"
+        );
+        let s = per_run_ratios([(Some(13.0), Some(16.0))]).unwrap();
+        assert!(
+            close(s.median, 0.8125) && s.min == s.max && s.n == 1,
+            "{s:?}"
+        );
+        assert_eq!(per_run_ratios([]), None);
+        assert_eq!(per_run_ratios([(None, Some(1.0)), (Some(1.0), None)]), None);
+    }
+
+    #[test]
+    fn runs_alternate_which_overlay_goes_first() {
+        let order: Vec<bool> = (1..=4).map(rswarm_first).collect();
+        assert_eq!(order, [true, false, true, false]);
+    }
+
+    #[test]
     fn the_table_shows_ratios_goals_and_the_reference_without_swarm() {
         let ms = Duration::from_millis;
+        let run = |underlay, rswarm, swarm, rswarm_first| RunFigures {
+            underlay: Some(underlay),
+            rswarm: Some(rswarm),
+            swarm,
+            rswarm_first,
+        };
         let res = Results {
-            underlay: vec![16.0, 15.0, 17.0],
-            rswarm: vec![14.0, 13.5, 14.5],
-            swarm: vec![12.0, 12.5],
+            // Run 2's Swarm figure failed.
+            runs: vec![
+                run(16.0, 14.0, Some(12.0), true),
+                run(15.0, 13.5, None, false),
+                run(17.0, 14.5, Some(12.5), true),
+            ],
             rswarm_reach: vec![
                 Reach {
                     after: ms(20),
@@ -1347,14 +1624,23 @@ mod tests {
         let a = args();
         let text = table(&res, &a).to_markdown();
         assert!(text.contains("16.00 Gbit/s (15.00–17.00)"), "{text}");
-        assert!(text.contains("[2 / 3 runs]"), "{text}");
+        assert!(text.contains("Swarm overlay [2 / 3 runs]"), "{text}");
         assert!(
-            text.contains("underlay (host namespaces) [3 / 6 runs]"),
+            text.contains("underlay (host namespaces) [3 / 3 runs]"),
             "{text}"
         );
-        // 14.0 / 12.0 (the lower of two is the p50) and 14.0 / 16.0.
-        assert!(text.contains("1.17×"), "{text}");
-        assert!(text.contains("0.88×"), "{text}");
+        // Per-run rswarm/Swarm: 14/12 = 1.167 and 14.5/12.5 = 1.16 (run 2 left out).
+        assert!(
+            text.contains(
+                "rswarm overlay / Docker Swarm overlay: median of per-run ratios (min–max) [2 / 3 runs]"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("1.16× (1.16×–1.17×)"), "{text}");
+        // Per-run rswarm/underlay: 0.875, 0.9, 0.853.
+        assert!(text.contains("0.88× (0.85×–0.90×)"), "{text}");
+        // Per-run Swarm/underlay: 0.75, 0.735.
+        assert!(text.contains("0.74× (0.74×–0.75×)"), "{text}");
         assert!(
             text.contains("reachable before RUNNING was reported: 1 of 2 (by 3.00 ms–3.00 ms)"),
             "{text}"
@@ -1365,9 +1651,11 @@ mod tests {
         let mut a = args();
         a.no_swarm = true;
         let text = table(&res, &a).to_markdown();
-        // 16.0 × 13.1 / 16.9 = 12.40; 14.0 / 12.40 = 1.13.
+        // 16.0 × 13.1 / 16.9 = 12.40; per run rswarm_k / (underlay_k × 13.1 / 16.9):
+        // 1.129, 1.161, 1.100.
         assert!(text.contains("≈ 12.40 Gbit/s (not run"), "{text}");
-        assert!(text.contains("1.13×"), "{text}");
+        assert!(text.contains("≈ 1.13× (1.10×–1.16×)"), "{text}");
+        assert!(!text.contains("Docker Swarm overlay / underlay"), "{text}");
         assert!(!text.contains("Docker Swarm task RUNNING"), "{text}");
         assert!(
             text.contains("p50 450.0 ms, p99 500.0 ms, max 500.0 ms |"),

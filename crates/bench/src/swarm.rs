@@ -355,6 +355,7 @@ async fn swarm_run(
         &ctx.docker,
         &ctx.rootfs_tar,
         &run.to_string(),
+        &[],
     )
     .await?;
     let info = docker_get(&sockets[HOSTS - 1], "/info").await?;
