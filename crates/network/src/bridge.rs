@@ -71,6 +71,8 @@ struct Inner {
     gateway: Ipv4Addr,
     /// Whether the bridge, sysctls, chains and base rules were set up; held while doing so.
     base_ready: tokio::sync::Mutex<bool>,
+    /// Set once the base was made (the lock-free fast path of attaches).
+    base_done: std::sync::atomic::AtomicBool,
     /// What attachments in progress or done by this process hold, by container id, so concurrent
     /// attaches never pick the same address, port or veth name.
     held: Mutex<HashMap<String, Held>>,
@@ -107,6 +109,7 @@ impl Bridge {
                 config,
                 gateway,
                 base_ready: tokio::sync::Mutex::new(false),
+                base_done: std::sync::atomic::AtomicBool::new(false),
                 held: Mutex::new(HashMap::new()),
             }),
         })
@@ -255,14 +258,29 @@ impl Bridge {
     ) -> Result<Attachment, NetworkError> {
         let cfg = &self.inner.config;
         let ns = open_netns(&req.netns)?;
-        self.ensure_base(false).await?;
         let nl = Netlink::open()?;
-        let bridge_idx = nl.link_index(&cfg.bridge_name).await?.ok_or_else(|| {
-            NetworkError::io(
-                format!("find bridge {}", cfg.bridge_name),
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })?;
+        // Once the base is made, attaches only look the bridge up (no lock, so concurrent
+        // attaches do not queue); a bridge that went away is made again.
+        let mut bridge_idx = None;
+        if self
+            .inner
+            .base_done
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            bridge_idx = nl.link_index(&cfg.bridge_name).await?;
+        }
+        let bridge_idx = match bridge_idx {
+            Some(idx) => idx,
+            None => {
+                self.ensure_base(false).await?;
+                nl.link_index(&cfg.bridge_name).await?.ok_or_else(|| {
+                    NetworkError::io(
+                        format!("find bridge {}", cfg.bridge_name),
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                })?
+            }
+        };
         if nl.delete_link(host_veth).await? {
             tracing::debug!(veth = host_veth, "deleted a stale veth");
         }
@@ -400,6 +418,9 @@ impl Bridge {
         }
         debug_assert!(own_chains(cfg).iter().any(|(t, _)| *t == Table::Nat));
         *ready = true;
+        self.inner
+            .base_done
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }

@@ -170,21 +170,17 @@ where
         .map_err(|e| NetworkError::io("spawn a network namespace worker thread", e))
 }
 
-/// Runs `f` with a netlink handle inside the network namespace at `path`, on a dedicated thread
-/// (netlink sockets belong to the namespace of the thread that opens them; setns on the
-/// thread never disturbs the caller's runtime).
+/// Runs `f` with a netlink handle inside the network namespace at `path`: the socket is made
+/// there by [`Netlink::open_in`] (a short-lived thread enters the namespace only to open it);
+/// `f` itself runs on the caller's task. Netlink sockets belong to the namespace they were
+/// opened in, so the caller's thread and runtime never change namespace.
 pub(crate) async fn run_in_netns<T, F, Fut>(path: &Path, f: F) -> Result<T, NetworkError>
 where
-    T: Send + 'static,
-    F: FnOnce(Handle) -> Fut + Send + 'static,
+    F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, NetworkError>>,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    spawn_worker(path, f, move |r| {
-        let _ = tx.send(r);
-    })?;
-    rx.await
-        .map_err(|_| NetworkError::WorkerDied(path.to_path_buf()))?
+    let nl = Netlink::open_in(path, false).await?;
+    f(nl.handle.clone()).await
 }
 
 /// Creates a new, empty network namespace kept alive by a bind mount at `path` (as `ip netns

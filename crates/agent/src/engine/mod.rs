@@ -854,6 +854,7 @@ impl Engine {
                 !record.overlays.is_empty(),
             )?;
         }
+        let t_etc = t0.elapsed();
         let hosts = etc_dir.join("hosts");
         let hostname_file = etc_dir.join("hostname");
         let resolv = etc_dir.join("resolv.conf");
@@ -878,6 +879,7 @@ impl Engine {
         // Rewritten at every start, so a crash can lose it harmlessly: no fsync on this path.
         write_replace(&dir.join("config.json"), &config_json)?;
         let _ = std::fs::remove_file(dir.join("exit.json"));
+        let t_config = t0.elapsed();
         // A leftover runc container of an earlier run (agent crash) would make create fail.
         if self.inner.runc.root().join(&id).exists() {
             let _ = self.inner.runc.delete(&id, true).await;
@@ -891,6 +893,7 @@ impl Engine {
                 return Err(e);
             }
         };
+        let t_attach = t0.elapsed();
         let overlays = match self
             .attach_overlays(record, &own_netns, attachment.is_some())
             .await
@@ -962,6 +965,9 @@ impl Engine {
         self.save(&rec)?;
         tracing::debug!(
             mount = ?t_mount,
+            etc = ?t_etc,
+            config = ?t_config,
+            attach = ?t_attach,
             prepared = ?t_prepared,
             shim = ?t_shim,
             total = ?t0.elapsed(),
