@@ -305,6 +305,14 @@ fn exercise(name: &str, docker_host: bool) {
     assert_eq!(all, want, "tasks.a gives every task");
     let resolv = exec(host0, n0, "cat /etc/resolv.conf").stdout;
     assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    // /etc/hosts gives the task's own overlay address first under its hostname, as Docker's.
+    let hosts = exec(host0, n0, "cat /etc/hosts").stdout;
+    let hostname = exec(host0, n0, "hostname").stdout.trim().to_string();
+    let own = hosts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(hostname.as_str()))
+        .and_then(|l| l.split_whitespace().next());
+    assert_eq!(own, Some(a_ips[0].as_str()), "{hosts}");
     // The VIP spreads connections over the tasks.
     let ns0 = format!("--net=/proc/{}/ns/net", pid_of(host0, n0));
     let mut seen = std::collections::BTreeSet::new();

@@ -919,6 +919,22 @@ impl Engine {
             }
         }
 
+        // The container's own addresses under its hostname, written before it starts (hosts is
+        // bind-mounted, so it would see a later rewrite only after its first look): overlay
+        // addresses first, as Docker's tasks list theirs, then the bridge's.
+        if attachment.is_some() || !overlays.is_empty() {
+            let ips: Vec<std::net::Ipv4Addr> = overlays
+                .iter()
+                .map(|o| o.ip)
+                .chain(attachment.as_ref().map(|a| a.ip))
+                .collect();
+            if let Err(e) = write_hosts(&dir.join("hosts"), &record.config.hostname, &ips) {
+                self.undo_network(&id, attachment.as_ref(), &overlays, &own_netns)
+                    .await;
+                return Err(e);
+            }
+        }
+
         let args = ShimArgs {
             id: id.clone(),
             bundle: dir.clone(),
@@ -939,9 +955,6 @@ impl Engine {
             }
         };
         let t_shim = t0.elapsed();
-        if let Some(a) = &attachment {
-            write_hosts(&dir.join("hosts"), &record.config.hostname, Some(a.ip))?;
-        }
         {
             let mut table = self.table();
             if let Some(entry) = table.get_mut(&id) {
@@ -1443,7 +1456,7 @@ fn write_etc_files(
             write("resolv.conf", host_resolv.as_bytes())?;
         }
         _ if embedded_dns => {
-            write_hosts(&dir.join("hosts"), hostname, None)?;
+            write_hosts(&dir.join("hosts"), hostname, &[])?;
             // Service names first, then the host's resolvers (the embedded resolver forwards).
             let search: String = host_resolv
                 .lines()
@@ -1456,7 +1469,7 @@ fn write_etc_files(
             )?;
         }
         _ => {
-            write_hosts(&dir.join("hosts"), hostname, None)?;
+            write_hosts(&dir.join("hosts"), hostname, &[])?;
             // A nameserver on the host's loopback is unreachable from the container's namespace.
             let filtered: String = host_resolv
                 .lines()
@@ -1488,11 +1501,11 @@ fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Rewrites `hosts` in place (it is bind-mounted: a rename would not reach the container).
-fn write_hosts(path: &Path, hostname: &str, ip: Option<std::net::Ipv4Addr>) -> Result<()> {
+fn write_hosts(path: &Path, hostname: &str, ips: &[std::net::Ipv4Addr]) -> Result<()> {
     let mut s = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     );
-    if let Some(ip) = ip {
+    for ip in ips {
         s.push_str(&format!("{ip}\t{hostname}\n"));
     }
     std::fs::write(path, s).map_err(|e| EngineError::io("write", path, e))
