@@ -53,14 +53,12 @@ impl Netlink {
             Err(e) => Err(NetworkError::netlink(format!("delete link {name}"), e)),
         }
     }
-}
 
-impl Netlink {
     /// A netlink connection inside the network namespace at `path`: the socket is opened on a
     /// short-lived thread that entered the namespace (a socket stays in the namespace it was
-    /// made in) and is then driven by the caller's runtime like any other. With `strict`, dump requests are
-    /// checked strictly (`NETLINK_GET_STRICT_CHK`): the kernel then honours filters it would
-    /// otherwise ignore, such as the device index of an `AF_BRIDGE` FDB dump.
+    /// made in) and is then driven by the caller's runtime like any other. With `strict`, dump
+    /// requests are checked strictly (`NETLINK_GET_STRICT_CHK`): the kernel then honours
+    /// filters it would otherwise ignore, such as the device index of an `AF_BRIDGE` FDB dump.
     pub(crate) async fn open_in(path: &Path, strict: bool) -> Result<Self, NetworkError> {
         let ns = open_netns(path)?;
         let runtime = tokio::runtime::Handle::current();

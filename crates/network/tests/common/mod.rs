@@ -43,11 +43,7 @@ impl Netns {
 
     /// Runs a command inside the namespace (network namespace only, via nsenter).
     pub fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(args)
-            .output()
-            .expect("run nsenter")
+        nsenter(&self.path(), args).output().expect("run nsenter")
     }
 
     /// Like `cmd`, asserting success; returns stdout.
@@ -144,7 +140,12 @@ impl Drop for NsDir {
 /// Runs a command inside the network namespace file `ns` (via nsenter), asserting success;
 /// returns stdout.
 pub fn ok_in(ns: &Path, args: &[&str]) -> String {
-    run(Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(args))
+    run(&mut nsenter(ns, args))
+}
+
+/// `nsenter --net=NS ARGS…`: the network namespace only (no `ip netns exec` remount of /sys).
+fn nsenter(ns: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.display())).args(args);
+    cmd
 }
