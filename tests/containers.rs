@@ -56,6 +56,21 @@ fn containers_dir_entries(host: &Host) -> Vec<String> {
 }
 
 /// Container cgroups left under the node's cgroup parent.
+/// The seals of the in-memory copy of runc that daemon `pid` holds (a memfd named after it).
+fn runtime_copy_seals(pid: u32) -> Option<nix::fcntl::SealFlag> {
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.to_string_lossy().starts_with("/memfd:runc") {
+            let f = fs::File::open(fd.path()).ok()?;
+            let bits = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GET_SEALS).ok()?;
+            return Some(nix::fcntl::SealFlag::from_bits_retain(bits));
+        }
+    }
+    None
+}
+
 fn leftover_cgroups(host: &Host) -> Vec<String> {
     let mut left = Vec::new();
     for base in common::cgroup_parent_dirs(&host.state_dir()) {
@@ -93,7 +108,7 @@ fn engine_runs_containers_from_a_registry() {
     let h = lab.host(1);
     let reg = Registry::start(h, "plain", "127.0.0.1:5000", None);
     push_images(h, &reg);
-    let (_d, _) = h.init(&[]);
+    let (d, _) = h.init(&[]);
 
     let bb = "127.0.0.1:5000/test/bb:latest";
     let ep = "127.0.0.1:5000/test/ep";
@@ -235,6 +250,19 @@ fn engine_runs_containers_from_a_registry() {
     assert_eq!(out.lines().next(), Some(&id[..12]), "{out}");
     let out = rs(h, &["container", "exec", "logger", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{out}");
+    // runc (for run and exec alike) runs from a sealed in-memory copy the daemon holds, sealed
+    // exactly as runc's own CVE-2019-5736 check wants (so it does not clone itself per start).
+    use nix::fcntl::SealFlag;
+    assert_eq!(
+        runtime_copy_seals(d.pid()),
+        Some(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE
+        ),
+        "the daemon holds no sealed copy of runc"
+    );
     let out = ok(
         h,
         &[

@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod logs;
 pub mod rootfs;
 pub mod runc;
+pub mod sealed;
 pub mod shim;
 pub mod spec;
 pub mod user;

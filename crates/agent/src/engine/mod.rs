@@ -22,6 +22,7 @@ use std::time::Duration;
 use rswarm_image::{ImageStore, RegistryConfig};
 use rswarm_network::{AttachRequest, Bridge, BridgeConfig, NetworkMode, PortMapping};
 use rswarm_runtime::runc::Runc;
+use rswarm_runtime::sealed::SealedCopy;
 use rswarm_runtime::shim::{self, ShimArgs};
 use rswarm_runtime::spec::{
     self, ContainerConfig, EtcFiles, MountKind, NamespaceNet, SpecInputs, SpecMount,
@@ -159,7 +160,10 @@ struct Inner {
     root: PathBuf,
     containers_dir: PathBuf,
     images: ImageStore,
+    /// Runs the runtime from `_runtime_copy` when that could be made.
     runc: Runc,
+    /// The sealed copy of the runtime binary `runc` runs from (see `rswarm_runtime::sealed`).
+    _runtime_copy: Option<SealedCopy>,
     volumes: Volumes,
     bridge: Bridge,
     overlay: rswarm_network::Overlay,
@@ -327,6 +331,37 @@ pub fn preflight(options: &EngineOptions) -> Result<()> {
     Ok(())
 }
 
+/// The runtime driver, run from a sealed in-memory copy of the binary when one can be made (runc
+/// then skips cloning itself at every container start), else from the binary itself.
+async fn open_runtime(
+    options: &EngineOptions,
+    runc_root: &Path,
+) -> Result<(Runc, Option<SealedCopy>)> {
+    let configured = runtime_path(options);
+    let binary = find_in_path(&configured).unwrap_or(configured);
+    match SealedCopy::of(&binary) {
+        Ok(copy) => {
+            let runc = Runc::new(copy.path(), runc_root);
+            match runc.check().await {
+                Ok(version) => {
+                    tracing::info!(%version, binary = %binary.display(), "container runtime (run from a sealed copy)");
+                    return Ok((runc, Some(copy)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, binary = %binary.display(), "the sealed copy of the container runtime does not run; running the binary itself")
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, binary = %binary.display(), "no sealed copy of the container runtime; running the binary itself")
+        }
+    }
+    let runc = Runc::new(binary, runc_root);
+    let version = runc.check().await.map_err(EngineError::runtime)?;
+    tracing::info!(%version, "container runtime");
+    Ok((runc, None))
+}
+
 impl Engine {
     /// Opens the engine in `state_dir`: checks the runtime, shim and init, then re-adopts the
     /// containers a previous run left (running ones keep running).
@@ -336,9 +371,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<Engine> {
         preflight(&options)?;
-        let runc = Runc::new(runtime_path(&options), state_dir.join("runc"));
-        let version = runc.check().await.map_err(EngineError::runtime)?;
-        tracing::info!(%version, "container runtime");
+        let (runc, runtime_copy) = open_runtime(&options, &state_dir.join("runc")).await?;
         let shim = shim_path(&options);
         let init = init_path(&options);
         let root = state_dir.to_path_buf();
@@ -360,6 +393,7 @@ impl Engine {
                 containers_dir,
                 images,
                 runc,
+                _runtime_copy: runtime_copy,
                 volumes,
                 bridge,
                 overlay,
