@@ -1,6 +1,7 @@
 //! The test lab both Docker-Swarm comparisons run on (`rswarm-bench-swarm`,
 //! `rswarm-bench-overlay`): network namespaces as hosts, daemons started in them, a registry, and
-//! one system's cluster per run — all of it removed when the run ends, fails or is interrupted.
+//! one system's cluster per run — all of it removed when the run ends, fails or is interrupted,
+//! but for the run's state directories, which go with the lab (see `Deployment`'s drop).
 //!
 //! Topology: a "switch" network namespace with a bridge, and N host namespaces (`eth0` on the
 //! bridge, 198.19.42.K/24, no route anywhere else); daemons run with `nsenter --net=…` (never
