@@ -538,6 +538,38 @@ fn exercise(name: &str, docker_host: bool) {
         },
         "appnet's namespace and devices gone from every host",
     );
+
+    // `network prune`: asks first (no answer is a no), honours filters, keeps networks in use.
+    ok(h1, &["network", "create", "--label", "tier=tmp", "prunea"]);
+    ok(h1, &["network", "create", "pruneb"]);
+    let names = || ok(h1, &["network", "ls", "--format", "json"]);
+    let out = rs(h1, &["network", "prune"]);
+    out.assert_success("prune with no answer");
+    assert!(
+        out.stdout
+            .contains("WARNING! This will remove all custom networks"),
+        "{out}"
+    );
+    let listed = names();
+    assert!(
+        listed.contains("prunea") && listed.contains("pruneb"),
+        "{listed}"
+    );
+    let out = ok(
+        h1,
+        &["network", "prune", "-f", "--filter", "label=tier=tmp"],
+    );
+    assert_eq!(out, "Deleted Networks:\nprunea\n");
+    let out = ok(h1, &["network", "prune", "-f"]);
+    assert_eq!(out, "Deleted Networks:\npruneb\n");
+    let listed = names();
+    assert!(
+        listed.contains("intnet") && !listed.contains("prune"),
+        "intnet (in use) stays, the others go: {listed}"
+    );
+    let out = rs(h1, &["network", "prune", "-f", "--filter", "color=red"]);
+    assert!(out.failed_cleanly(), "{out}");
+    assert!(out.stderr.contains("for network prune"), "{out}");
     drop(c);
 }
 

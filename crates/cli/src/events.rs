@@ -93,7 +93,7 @@ pub fn event_json(e: &pb::Event) -> serde_json::Value {
     })
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

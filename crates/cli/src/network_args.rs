@@ -58,6 +58,89 @@ pub enum NetworkCommand {
         #[arg(required = true, value_name = "NETWORK")]
         networks: Vec<String>,
     },
+    /// Remove all unused networks.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+        /// Filter: label=KEY[=VALUE], label!=KEY[=VALUE], until=TIME (RFC 3339, a Unix
+        /// timestamp, or a duration such as 24h: only networks created before it).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+    },
+}
+
+/// Docker's question before `network prune` removes anything.
+pub const PRUNE_WARNING: &str =
+    "WARNING! This will remove all custom networks not used by at least one container.";
+
+/// Which networks `network prune` may remove (those in use are refused by the manager anyway).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PruneFilter {
+    /// `label=`: every one must match.
+    pub labels: Vec<(String, Option<String>)>,
+    /// `label!=`: none may match.
+    pub not_labels: Vec<(String, Option<String>)>,
+    /// `until=`: only networks created before this (milliseconds since the epoch).
+    pub until_ms: Option<u64>,
+}
+
+fn label_pair(value: &str) -> (String, Option<String>) {
+    match value.split_once('=') {
+        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+        None => (value.to_string(), None),
+    }
+}
+
+fn has_label(spec: &NetworkSpec, (k, v): &(String, Option<String>)) -> bool {
+    match (spec.labels.get(k), v) {
+        (Some(_), None) => true,
+        (Some(have), Some(want)) => have == want,
+        (None, _) => false,
+    }
+}
+
+/// `network prune --filter …`, with `until=` durations counted back from `now_ms`.
+pub fn parse_prune_filters(filters: &[String], now_ms: u64) -> anyhow::Result<PruneFilter> {
+    let mut f = PruneFilter::default();
+    for raw in filters {
+        if let Some(value) = raw.strip_prefix("label!=") {
+            f.not_labels.push(label_pair(value));
+            continue;
+        }
+        let Some((key, value)) = raw.split_once('=') else {
+            bail!("invalid filter {raw:?}: use KEY=VALUE, e.g. label=team=a or until=24h");
+        };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "label" => f.labels.push(label_pair(value)),
+            "until" => {
+                if f.until_ms.is_some() {
+                    bail!("more than one until filter: give one");
+                }
+                f.until_ms = Some(crate::events::parse_time("until", value, now_ms)?);
+            }
+            other => {
+                bail!("invalid filter {other:?} for network prune: use label, label! or until")
+            }
+        }
+    }
+    Ok(f)
+}
+
+impl PruneFilter {
+    pub fn matches(&self, n: &Network) -> bool {
+        let spec = n.spec.clone().unwrap_or_default();
+        let created_before = |until: u64| {
+            time::OffsetDateTime::parse(
+                &n.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|t| t.unix_timestamp_nanos() / 1_000_000 < i128::from(until))
+        };
+        self.labels.iter().all(|l| has_label(&spec, l))
+            && !self.not_labels.iter().any(|l| has_label(&spec, l))
+            && self.until_ms.is_none_or(created_before)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Args)]
@@ -304,10 +387,7 @@ pub fn parse_filters(filters: &[String]) -> anyhow::Result<NetworkFilter> {
             "id" => f.ids.push(value),
             "driver" => f.drivers.push(value),
             "scope" => f.scopes.push(value),
-            "label" => f.labels.push(match value.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (value, None),
-            }),
+            "label" => f.labels.push(label_pair(&value)),
             "type" => {
                 if value != "custom" && value != "builtin" {
                     bail!("invalid filter 'type={value}': use type=custom or type=builtin");
@@ -355,14 +435,7 @@ impl NetworkFilter {
             && any(&self.drivers, &|v| v == driver)
             && any(&self.scopes, &|v| v == "swarm")
             && any(&self.types, &|v| v == "custom")
-            && self
-                .labels
-                .iter()
-                .all(|(k, v)| match (spec.labels.get(k), v) {
-                    (Some(_), None) => true,
-                    (Some(have), Some(want)) => have == want,
-                    (None, _) => false,
-                })
+            && self.labels.iter().all(|l| has_label(&spec, l))
     }
 }
 
@@ -584,5 +657,77 @@ mod tests {
         assert!(parse_filters(&["color=red".into()]).is_err());
         assert!(parse_filters(&["name".into()]).is_err());
         assert!(parse_filters(&["type=other".into()]).is_err());
+    }
+
+    #[test]
+    fn prune_filters_pick_by_labels_and_age() {
+        let net = |id: &str, created: &str, labels: &[(&str, &str)]| Network {
+            id: id.into(),
+            spec: Some(NetworkSpec {
+                name: id.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..NetworkSpec::default()
+            }),
+            created_at: created.into(),
+            ..Network::default()
+        };
+        let old = net("old", "2026-01-01T00:00:00Z", &[("tier", "tmp")]);
+        let new = net("new", "2026-06-01T12:00:00.5Z", &[("tier", "keep")]);
+        let bare = net("bare", "2026-06-01T12:00:00Z", &[]);
+        // 2026-06-01T13:00:00Z
+        let now_ms = 1_780_318_800_000;
+        let keep = |f: &[&str]| -> Vec<String> {
+            let f =
+                parse_prune_filters(&f.iter().map(|s| s.to_string()).collect::<Vec<_>>(), now_ms)
+                    .unwrap();
+            [&old, &new, &bare]
+                .iter()
+                .filter(|n| f.matches(n))
+                .map(|n| n.id.clone())
+                .collect()
+        };
+        assert_eq!(keep(&[]), ["old", "new", "bare"]);
+        assert_eq!(keep(&["label=tier"]), ["old", "new"]);
+        assert_eq!(keep(&["label=tier=tmp"]), ["old"]);
+        assert_eq!(keep(&["label!=tier"]), ["bare"]);
+        assert_eq!(keep(&["label!=tier=keep"]), ["old", "bare"]);
+        assert_eq!(keep(&["until=30m"]), ["old", "new", "bare"]);
+        assert_eq!(keep(&["until=1h"]), ["old"]);
+        assert_eq!(keep(&["until=2026-06-01T12:00:00.2Z"]), ["old", "bare"]);
+        assert_eq!(keep(&["until=1780315200"]), ["old"]);
+        assert_eq!(keep(&["until=30m", "label=tier"]), ["old", "new"]);
+        let err = |f: &[&str]| {
+            parse_prune_filters(&f.iter().map(|s| s.to_string()).collect::<Vec<_>>(), now_ms)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(&["name=x"]).contains("for network prune"),
+            "{}",
+            err(&["name=x"])
+        );
+        assert!(
+            err(&["until=soon"]).contains("invalid until"),
+            "{}",
+            err(&["until=soon"])
+        );
+        assert!(err(&["until=1h", "until=2h"]).contains("more than one until"));
+        assert!(err(&["label"]).contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn prune_takes_dockers_flags() {
+        let cli = Cli::try_parse_from([
+            "rswarm", "network", "prune", "-f", "--filter", "label=a", "--filter", "until=1h",
+        ])
+        .unwrap();
+        let Command::Network(NetworkCommand::Prune { force, filters }) = cli.command else {
+            panic!("not a network prune");
+        };
+        assert!(force);
+        assert_eq!(filters, ["label=a", "until=1h"]);
     }
 }

@@ -9,12 +9,19 @@ use tonic::transport::Channel;
 
 use crate::client::status_error;
 use crate::commands::{print, wants_json};
-use crate::network_args::{network_spec, parse_filters, NetworkCommand};
+use crate::network_args::{
+    network_spec, parse_filters, parse_prune_filters, NetworkCommand, PRUNE_WARNING,
+};
 use crate::network_output as out;
 
 /// Checks what can be checked without the manager, then connects and runs the command.
 pub async fn run(global: &crate::Global, cmd: NetworkCommand) -> anyhow::Result<()> {
     precheck(&cmd)?;
+    if let NetworkCommand::Prune { force: false, .. } = cmd {
+        if !confirm(PRUNE_WARNING)? {
+            return Ok(());
+        }
+    }
     let channel = crate::client::connect(global).await?;
     let mut text = String::new();
     let result = network_command(&mut ControlClient::new(channel), cmd, &mut text).await;
@@ -35,7 +42,37 @@ pub fn precheck(cmd: &NetworkCommand) -> anyhow::Result<()> {
         }
         NetworkCommand::Inspect { format, .. } => wants_json(format).map(|_| ()),
         NetworkCommand::Rm { .. } => Ok(()),
+        NetworkCommand::Prune { filters, .. } => {
+            parse_prune_filters(filters, crate::events::now_ms()).map(|_| ())
+        }
     }
+}
+
+/// Whether a prompt's answer is a yes: y or yes, in any case.
+fn is_yes(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// Docker's prompt: `warning`, then "Are you sure you want to continue? [y/N] " on stdout, and
+/// one line from stdin; only y or yes (any case) goes on. No answer (end of input) is a no.
+fn confirm(warning: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    let mut stdout = std::io::stdout().lock();
+    write!(
+        stdout,
+        "{warning}\nAre you sure you want to continue? [y/N] "
+    )?;
+    stdout.flush()?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer from stdin")?;
+    let yes = is_yes(&answer);
+    if !yes {
+        writeln!(stdout)?;
+    }
+    Ok(yes)
 }
 
 /// Every network the manager knows.
@@ -144,6 +181,56 @@ pub async fn network_command(
                 bail!("{}", errors.join("\n"));
             }
         }
+        NetworkCommand::Prune { filters, .. } => {
+            let filter = parse_prune_filters(&filters, crate::events::now_ms())?;
+            let mut deleted = Vec::new();
+            let mut errors = Vec::new();
+            for n in list_networks(control).await? {
+                if !filter.matches(&n) {
+                    continue;
+                }
+                let name = n.spec.map(|s| s.name).unwrap_or_default();
+                match control
+                    .remove_network(pb::RemoveNetworkRequest {
+                        network: n.id.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => deleted.push(name),
+                    // In use (or gone meanwhile): not prunable, as docker skips it.
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                        ) => {}
+                    Err(s) => errors.push(format!("{name}: {}", status_error(s))),
+                }
+            }
+            if !deleted.is_empty() {
+                text.push_str("Deleted Networks:\n");
+                for name in deleted {
+                    text.push_str(&format!("{name}\n"));
+                }
+            }
+            if !errors.is_empty() {
+                bail!("{}", errors.join("\n"));
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_yes;
+
+    #[test]
+    fn only_y_or_yes_goes_on() {
+        for a in ["y\n", "Y", "yes\n", " YES "] {
+            assert!(is_yes(a), "{a:?}");
+        }
+        for a in ["", "\n", "n\n", "no", "yess", "ja"] {
+            assert!(!is_yes(a), "{a:?}");
+        }
+    }
 }
