@@ -887,7 +887,9 @@ pub(crate) struct SwarmCluster {
 
 /// Starts [`SwarmCluster`] with fresh state in `<host dir>/swarm-<tag>`; `rootfs_tar` is
 /// imported as [`SWARM_IMAGE`] on every host. `init_args` are added to `docker swarm init`
-/// (e.g. `--data-path-port 7789`).
+/// (e.g. `--data-path-port 7789`). With `default_bridge`, each dockerd makes docker0 in its
+/// host's namespace, as a default install does (tasks without a network join it); without,
+/// `--bridge none` leaves such tasks only a loopback.
 pub(crate) async fn start_swarm(
     lab: &Lab,
     dockerd: &Path,
@@ -895,6 +897,7 @@ pub(crate) async fn start_swarm(
     rootfs_tar: &Path,
     tag: &str,
     init_args: &[&str],
+    default_bridge: bool,
 ) -> anyhow::Result<SwarmCluster> {
     let mut dep = Deployment::default();
     let mut sockets = Vec::new();
@@ -913,7 +916,7 @@ pub(crate) async fn start_swarm(
             &config,
             serde_json::json!({ "deprecated-key-path": dir.join("key.json") }).to_string(),
         )?;
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--data-root".into(),
             dir.join("data").into_os_string(),
             "--exec-root".into(),
@@ -922,14 +925,15 @@ pub(crate) async fn start_swarm(
             format!("unix://{}", socket.display()).into(),
             "--pidfile".into(),
             dir.join("docker.pid").into_os_string(),
-            "--bridge".into(),
-            "none".into(),
             "--iptables=false".into(),
             "--cgroup-parent".into(),
             format!("/{cgroup}").into(),
             "--config-file".into(),
             config.into_os_string(),
         ];
+        if !default_bridge {
+            args.extend(["--bridge".into(), "none".into()]);
+        }
         dep.procs
             .push(Proc::spawn(&h.netns, "dockerd", dockerd, &args, &dir)?);
         sockets.push(socket);

@@ -1070,6 +1070,7 @@ async fn measure(
                 &ctx.rootfs_tar,
                 "overlay",
                 &["--data-path-port", SWARM_DATA_PATH_PORT],
+                false,
             )
             .await
             .map(|mut c| {

@@ -6,6 +6,11 @@
 //!     whose managed containerd dies with it) → 20 tasks running again on the other nodes; the
 //!     time until the manager lists the node down is reported beside it.
 //!
+//! Both systems' tasks get the same network by default: rswarm's on its bridge, Swarm's on
+//! docker0 (a service without `--network` in a default install; Swarm cannot run a service's
+//! tasks without a network). `--swarm-network none` keeps REFERENCE.md §2's `dockerd --bridge
+//! none`, where Swarm's tasks have only a loopback. Each run logs the tasks' veths.
+//!
 //! Topology: a "switch" network namespace with a bridge, and three host namespaces (`eth0` on the
 //! bridge, 198.19.42.K/24, no route anywhere else); daemons run with `nsenter --net=…` (never
 //! `ip netns exec`, which remounts /sys and loses the cgroup mounts). A `docker-registry` in the
@@ -24,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use rswarm_api::control::v1::control_client::ControlClient;
 use rswarm_api::control::v1::ListTasksRequest;
 use tokio::process::Command;
@@ -71,6 +76,12 @@ pub struct SwarmArgs {
     /// Measure rswarm only (Swarm's figures from REFERENCE.md are shown instead).
     #[arg(long)]
     pub no_swarm: bool,
+    /// Swarm's network for tasks of a service without `--network`. `bridge`: docker0 in each
+    /// host's namespace, as in every default install (rswarm's tasks are on its own bridge
+    /// likewise: a veth, an address, a route). `none`: REFERENCE.md §2's recipe (`dockerd --bridge
+    /// none`), where Swarm's tasks get only a loopback while rswarm's still get their veth.
+    #[arg(long, value_enum, default_value_t = SwarmNetwork::Bridge)]
+    pub swarm_network: SwarmNetwork,
     /// The dockerd binary (Debian's `docker.io`); the `docker` CLI next to it is used.
     #[arg(long, default_value = "dockerd")]
     pub dockerd: PathBuf,
@@ -88,6 +99,15 @@ pub struct SwarmArgs {
     /// Where the lab's temp dir is created (default /var/tmp).
     #[arg(long)]
     pub tmp_dir: Option<PathBuf>,
+}
+
+/// See [`SwarmArgs::swarm_network`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SwarmNetwork {
+    /// dockerd's default bridge (docker0).
+    Bridge,
+    /// `dockerd --bridge none`: tasks without a network get only a loopback.
+    None,
 }
 
 /// One run's figures.
@@ -116,6 +136,7 @@ struct Ctx {
     settle: Duration,
     timeout: Duration,
     rootfs_tar: PathBuf,
+    swarm_network: SwarmNetwork,
 }
 
 /// Polls `count` until `replicas` tasks run off the victim, and `down` (if given) until the victim
@@ -164,6 +185,41 @@ where
         }
         tokio::time::sleep(ctx.poll).await;
     }
+}
+
+/// The bridge ports in the hosts' namespaces that are tasks' veths: one per task on a bridge, for
+/// either system. Counted after a convergence, outside the timed part, so the table
+/// can show that both systems' tasks got the same network.
+fn task_veths(lab: &Lab) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for h in &lab.hosts {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &h.netns, "-o", "link", "show", "type", "veth"])
+            .output()
+            .context("cannot run ip")?;
+        if !out.status.success() {
+            bail!(
+                "ip -n {} link show failed: {}",
+                h.netns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        n += count_task_veths(&String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(n)
+}
+
+/// Counts the veths in `ip -o link show type veth` output that are ports of a bridge other than
+/// Swarm's `docker_gwbridge` (whose one veth, the ingress sandbox's, every Swarm node makes at
+/// start): the lab uplink `eth0` has no bridge.
+fn count_task_veths(ip_output: &str) -> usize {
+    ip_output
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            words.any(|w| w == "master") && words.next().is_some_and(|b| b != "docker_gwbridge")
+        })
+        .count()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -246,6 +302,8 @@ async fn rswarm_run(
         mut client,
         nodes: ids,
     } = start_rswarm(lab, &ctx.rswarm, &run.to_string()).await?;
+    // The next run (of either system) finds the hosts' namespaces as the lab made them.
+    dep.reset_netns = true;
     let victim_host = &lab.hosts[HOSTS - 1];
     let victim = ids
         .iter()
@@ -281,10 +339,11 @@ async fn rswarm_run(
     say(
         log,
         format!(
-            "rswarm run {run}: (a) {} replicas running after {} ({})",
+            "rswarm run {run}: (a) {} replicas running after {} ({}; {} task veths)",
             ctx.replicas,
             fmt_duration(converge),
-            rswarm_timeline(&mut client, start_wall).await?
+            rswarm_timeline(&mut client, start_wall).await?,
+            task_veths(lab)?
         ),
     );
     tokio::time::sleep(ctx.settle).await;
@@ -359,8 +418,10 @@ async fn swarm_run(
         &ctx.rootfs_tar,
         &run.to_string(),
         &[],
+        ctx.swarm_network == SwarmNetwork::Bridge,
     )
     .await?;
+    dep.reset_netns = true;
     let info = docker_get(&sockets[HOSTS - 1], "/info").await?;
     let victim = info["Swarm"]["NodeID"]
         .as_str()
@@ -402,9 +463,10 @@ async fn swarm_run(
     say(
         log,
         format!(
-            "swarm run {run}: (a) {} replicas running after {}",
+            "swarm run {run}: (a) {} replicas running after {} ({} task veths)",
             ctx.replicas,
-            fmt_duration(converge)
+            fmt_duration(converge),
+            task_veths(lab)?
         ),
     );
     tokio::time::sleep(ctx.settle).await;
@@ -616,6 +678,7 @@ pub async fn run(
         settle: args.settle,
         timeout: args.timeout,
         rootfs_tar: scratch.path().join("rootfs.tar"),
+        swarm_network: args.swarm_network,
     };
     let started = Instant::now();
     let mut res = Results::default();
@@ -641,8 +704,12 @@ pub async fn run(
     } else {
         writeln!(
             out,
-            "- Docker Swarm: {} (one dockerd + its managed containerd per host)",
-            version_of(&dockerd)
+            "- Docker Swarm: {} (one dockerd + its managed containerd per host); {}",
+            version_of(&dockerd),
+            match args.swarm_network {
+                SwarmNetwork::Bridge => "its tasks run on docker0, as in a default install (`--swarm-network bridge`), and rswarm's on its own bridge: each task a veth, an address and a route on both",
+                SwarmNetwork::None => "`dockerd --bridge none` as in REFERENCE.md §2 (`--swarm-network none`): Swarm's tasks get only a loopback while rswarm's get a veth, an address and a route, so Swarm does less per task",
+            }
         )?;
     }
     writeln!(out)?;
@@ -684,6 +751,16 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_veths_are_bridge_ports_but_swarms_ingress_one() {
+        let out = "2: eth0@if7: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT group default qlen 1000\\    link/ether 4e:7e:1a:2b:3c:4d brd ff:ff:ff:ff:ff:ff link-netns rsbsw-sw\n\
+                   9: veth3a1b2c4@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master rsw0 state UP\n\
+                   11: vethd00f1e2@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master docker0 state UP\n\
+                   13: veth8e2f0a1@if12: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master docker_gwbridge state UP\n";
+        assert_eq!(count_task_veths(out), 2);
+        assert_eq!(count_task_veths(""), 0);
+    }
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
