@@ -55,7 +55,6 @@ fn containers_dir_entries(host: &Host) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Container cgroups left under the node's cgroup parent.
 /// The seals of the in-memory copy of runc that daemon `pid` holds (a memfd named after it).
 fn runtime_copy_seals(pid: u32) -> Option<nix::fcntl::SealFlag> {
     for fd in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
@@ -71,6 +70,7 @@ fn runtime_copy_seals(pid: u32) -> Option<nix::fcntl::SealFlag> {
     None
 }
 
+/// Container cgroups left under the node's cgroup parent.
 fn leftover_cgroups(host: &Host) -> Vec<String> {
     let mut left = Vec::new();
     for base in common::cgroup_parent_dirs(&host.state_dir()) {
@@ -262,6 +262,13 @@ fn engine_runs_containers_from_a_registry() {
                 | SealFlag::F_SEAL_WRITE
         ),
         "the daemon holds no sealed copy of runc"
+    );
+    // It runs through `<state>/bin/runc`, so runc's processes are named `runc` in ps.
+    let link =
+        fs::read_link(h.state_dir().join("bin/runc")).expect("no runc link in the state dir");
+    assert!(
+        link.starts_with(format!("/proc/{}/fd/", d.pid())),
+        "{link:?}"
     );
     let out = ok(
         h,

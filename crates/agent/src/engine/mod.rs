@@ -332,16 +332,27 @@ pub fn preflight(options: &EngineOptions) -> Result<()> {
 }
 
 /// The runtime driver, run from a sealed in-memory copy of the binary when one can be made (runc
-/// then skips cloning itself at every container start), else from the binary itself.
+/// then skips cloning itself at every container start), else from the binary itself. The copy is
+/// run through a link `<state>/bin/<binary's name>`, so that its processes carry that name.
 async fn open_runtime(
     options: &EngineOptions,
-    runc_root: &Path,
+    state_dir: &Path,
 ) -> Result<(Runc, Option<SealedCopy>)> {
+    let runc_root = state_dir.join("runc");
     let configured = runtime_path(options);
     let binary = find_in_path(&configured).unwrap_or(configured);
     match SealedCopy::of(&binary) {
         Ok(copy) => {
-            let runc = Runc::new(copy.path(), runc_root);
+            let bin = state_dir.join("bin");
+            let link = bin.join(binary.file_name().unwrap_or("runc".as_ref()));
+            let exec_path = match std::fs::create_dir_all(&bin).and_then(|()| copy.link_at(&link)) {
+                Ok(()) => link,
+                Err(e) => {
+                    tracing::warn!(error = %e, link = %link.display(), "cannot link to the sealed copy of the container runtime; its processes will be named after a descriptor number");
+                    copy.path().to_path_buf()
+                }
+            };
+            let runc = Runc::new(exec_path, &runc_root);
             match runc.check().await {
                 Ok(version) => {
                     tracing::info!(%version, binary = %binary.display(), "container runtime (run from a sealed copy)");
@@ -356,7 +367,7 @@ async fn open_runtime(
             tracing::warn!(error = %e, binary = %binary.display(), "no sealed copy of the container runtime; running the binary itself")
         }
     }
-    let runc = Runc::new(binary, runc_root);
+    let runc = Runc::new(binary, &runc_root);
     let version = runc.check().await.map_err(EngineError::runtime)?;
     tracing::info!(%version, "container runtime");
     Ok((runc, None))
@@ -371,7 +382,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<Engine> {
         preflight(&options)?;
-        let (runc, runtime_copy) = open_runtime(&options, &state_dir.join("runc")).await?;
+        let (runc, runtime_copy) = open_runtime(&options, state_dir).await?;
         let shim = shim_path(&options);
         let init = init_path(&options);
         let root = state_dir.to_path_buf();
