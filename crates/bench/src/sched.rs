@@ -8,6 +8,12 @@
 //!   node (an in-process task that reads its assignment stream and reports each task `running`,
 //!   no containers), over the in-memory store and over a single-member raft store with fsync;
 //!   timed from the service's creation to the last task reported running.
+//!
+//! And the dispatcher's overlay tables (`Networks` streams) after one committed change (a task
+//! stops), with the tasks spread over `--networks` overlay networks: every node's table computed
+//! by a scan of the tasks per node and network (as each node's stream did before) against one
+//! shared `NetView` made after the previous one, and tables cut only for the nodes on the
+//! changed network (now).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,11 +22,13 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use rswarm_api::types::v1 as pb;
 use rswarm_manager::assignments::{Hub, Report, StatusBatcher};
-use rswarm_manager::orchestration;
+use rswarm_manager::{netview, orchestration};
 use rswarm_store::{
-    Availability, Cluster, MemoryBackend, Node, NodeStatus, Service, ServiceMode, ServiceSpec,
-    StateMachine, Store, TaskSpec, TaskState, TaskStatus, Txn,
+    Availability, Cluster, MemoryBackend, Network, NetworkAttachment, NetworkAttachmentConfig,
+    NetworkSpec, Node, NodeStatus, Service, ServiceMode, ServiceSpec, StateMachine, Store, Task,
+    TaskSpec, TaskState, TaskStatus, Txn,
 };
+use std::net::Ipv4Addr;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +54,9 @@ pub struct SchedArgs {
     /// Skip the raft-backed run.
     #[arg(long)]
     pub no_raft: bool,
+    /// Overlay networks the tasks are spread over, for the network-table measurement.
+    #[arg(long, default_value_t = 100)]
+    pub networks: usize,
     /// Give up on an end-to-end run after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -106,6 +117,151 @@ async fn seed(store: &Store, n: usize) -> anyhow::Result<()> {
         store.commit(Txn::new(std::mem::take(&mut ops))).await?;
     }
     Ok(())
+}
+
+/// A state of `n` nodes and `tasks` running tasks of one service, round-robin over the nodes, in
+/// blocks of `tasks / networks` per overlay network (as services of that many replicas, each on
+/// its own network): every node holds tasks of several networks.
+fn network_state(n: usize, tasks: usize, networks: usize) -> anyhow::Result<StateMachine> {
+    if networks == 0 || networks > 250 || tasks.div_ceil(networks) > 250 * 250 {
+        bail!("--networks must be 1–250, with at most 62,500 tasks per network");
+    }
+    let octet = |v: usize| u8::try_from(v).unwrap_or(u8::MAX);
+    let mut ops = Vec::new();
+    let mut cfgs = Vec::new();
+    let mut vips = Vec::new();
+    for k in 0..networks {
+        let id = format!("net{k:03}");
+        let net = Network {
+            id: id.clone(),
+            meta: Default::default(),
+            spec: NetworkSpec {
+                name: id.clone(),
+                driver: "overlay".into(),
+                ..NetworkSpec::default()
+            },
+            subnet: format!("10.{k}.0.0/16")
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            gateway: format!("10.{k}.0.1").parse()?,
+            vni: 4096 + u32::try_from(k)?,
+        };
+        ops.push(Txn::create(net));
+        cfgs.push(NetworkAttachmentConfig {
+            target: id.clone(),
+            aliases: vec![],
+        });
+        vips.push(NetworkAttachment {
+            network_id: id,
+            addr: Ipv4Addr::new(10, octet(k), 255, 2),
+            aliases: vec![],
+        });
+    }
+    for (i, mut node) in nodes(n).into_iter().enumerate() {
+        node.addr = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+        ops.push(Txn::create(node));
+    }
+    let mut svc = service(tasks);
+    svc.spec.task.networks = cfgs;
+    svc.virtual_ips = vips;
+    ops.push(Txn::create(svc));
+    let per_network = tasks.div_ceil(networks);
+    for i in 0..tasks {
+        let (k, j) = (i / per_network, i % per_network);
+        ops.push(Txn::create(Task {
+            id: format!("task{i:06}"),
+            service_id: "bench-service".into(),
+            service_name: "bench".into(),
+            slot: i as u64 + 1,
+            node_id: format!("node{:05}", i % n),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Running,
+                ..TaskStatus::default()
+            },
+            networks: vec![NetworkAttachment {
+                network_id: format!("net{k:03}"),
+                addr: Ipv4Addr::new(10, octet(k), octet(j / 250), octet(j % 250 + 3)),
+                aliases: vec![],
+            }],
+            ..Task::default()
+        }));
+    }
+    let mut state = StateMachine::new();
+    state
+        .apply(1, &Txn::new(ops))
+        .map_err(|e| anyhow::anyhow!("cannot build the network state: {e}"))?;
+    Ok(state)
+}
+
+/// What one committed change (a task of network 0 stops) costs the dispatcher's overlay tables.
+pub struct NetworkTables {
+    /// Every node's table by a scan per node, as each node's stream computed it before.
+    pub scan: Duration,
+    /// One shared view made after the previous one, and a table cut for each node one of whose
+    /// networks changed.
+    pub shared: Duration,
+    /// Nodes whose table changed (both ways send only those).
+    pub nodes_sent: usize,
+    /// Endpoints in the tables sent.
+    pub endpoints_sent: usize,
+}
+
+/// Measures [`NetworkTables`] on [`network_state`], and checks that both ways agree.
+pub fn network_tables(n: usize, tasks: usize, networks: usize) -> anyhow::Result<NetworkTables> {
+    let mut state = network_state(n, tasks, networks)?;
+    let ids: Vec<String> = (0..n).map(|i| format!("node{i:05}")).collect();
+    let before = netview::NetView::of(&state);
+    let last: Vec<_> = ids.iter().map(|id| before.entries(id)).collect();
+    let mut t = state
+        .get::<Task>("task000000")
+        .context("no task000000")?
+        .clone();
+    t.status.state = TaskState::Failed;
+    state
+        .apply(2, &Txn::new(vec![Txn::update(t)]))
+        .map_err(|e| anyhow::anyhow!("cannot stop a task: {e}"))?;
+
+    let t0 = Instant::now();
+    let scanned: Vec<_> = ids
+        .iter()
+        .map(|id| netview::scan_node_table(&state, id))
+        .collect();
+    let scan = t0.elapsed();
+
+    let t0 = Instant::now();
+    let view = netview::NetView::after(&state, Some(&before));
+    let sent: Vec<(usize, _)> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| {
+            let entries = view.entries(id);
+            (!netview::same_entries(&entries, &last[i]))
+                .then(|| (i, netview::table(&entries, view.data_path_port())))
+        })
+        .collect();
+    let shared = t0.elapsed();
+
+    for (i, table) in &sent {
+        if *table != scanned[*i] {
+            bail!("the shared view and the scan disagree on {}", ids[*i]);
+        }
+    }
+    for i in (0..n).step_by(97) {
+        if view.node_table(&ids[i]) != scanned[i] {
+            bail!("the shared view and the scan disagree on {}", ids[i]);
+        }
+    }
+    Ok(NetworkTables {
+        scan,
+        shared,
+        nodes_sent: sent.len(),
+        endpoints_sent: sent
+            .iter()
+            .flat_map(|(_, t)| &t.networks)
+            .map(|n| n.endpoints.len())
+            .sum(),
+    })
 }
 
 /// The pure scheduler: every task of a new service placed, batch by batch.
@@ -334,5 +490,42 @@ pub async fn run(
         }
     }
     table.render(out)?;
+    let mut nets = Table::new([
+        "nodes",
+        "tasks",
+        "networks",
+        "a task stops: every node's table by a scan (before)",
+        "one shared view, tables for the changed network's nodes (now)",
+        "speed-up",
+        "tables sent",
+        "endpoints sent",
+    ])
+    .align(0, Align::Right)
+    .align(1, Align::Right)
+    .align(2, Align::Right)
+    .align(3, Align::Right)
+    .align(4, Align::Right)
+    .align(5, Align::Right)
+    .align(6, Align::Right)
+    .align(7, Align::Right);
+    for &n in &args.nodes {
+        writeln!(log, "{n} nodes: overlay tables after one change")?;
+        let r = network_tables(n, args.tasks, args.networks)?;
+        nets.row([
+            n.to_string(),
+            args.tasks.to_string(),
+            args.networks.to_string(),
+            fmt_duration(r.scan),
+            fmt_duration(r.shared),
+            format!(
+                "{:.0}×",
+                r.scan.as_secs_f64() / r.shared.as_secs_f64().max(1e-9)
+            ),
+            r.nodes_sent.to_string(),
+            r.endpoints_sent.to_string(),
+        ]);
+    }
+    writeln!(out)?;
+    nets.render(out)?;
     Ok(())
 }

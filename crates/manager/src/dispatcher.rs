@@ -2,7 +2,7 @@
 //! (see [`crate::assignments`]), and the agents' side of the log broker (see [`crate::logbroker`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::UNIX_EPOCH;
 
 use rswarm_agent::ids::new_id;
@@ -28,6 +28,7 @@ use crate::error::store_status;
 use crate::logbroker::{LogBroker, SubEvent};
 use crate::manager_addrs;
 use crate::monitor::{Description, Monitor};
+use crate::netview::{self, NetView};
 
 pub struct DispatcherService {
     store: Store,
@@ -38,6 +39,7 @@ pub struct DispatcherService {
     statuses: StatusBatcher,
     hub: Hub,
     logs: LogBroker,
+    netview: SharedNetView,
 }
 
 impl DispatcherService {
@@ -56,7 +58,29 @@ impl DispatcherService {
             monitor,
             shutdown,
             sessions: Sessions::default(),
+            netview: SharedNetView::default(),
         }
+    }
+}
+
+/// The [`NetView`] at the store's latest index, shared by every node's `Networks` stream: a
+/// committed batch costs one pass over the tasks, not one per connected node per network.
+#[derive(Clone, Default)]
+struct SharedNetView(Arc<Mutex<Option<Arc<NetView>>>>);
+
+impl SharedNetView {
+    /// The view at the store's current index, computed by the first stream that asks for it
+    /// (the others wait for it rather than compute it again).
+    fn current(&self, store: &Store) -> Arc<NetView> {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        store.read(|s| match &*slot {
+            Some(v) if v.index() == s.index() => Arc::clone(v),
+            prev => {
+                let v = Arc::new(NetView::after(s, prev.as_deref()));
+                *slot = Some(Arc::clone(&v));
+                v
+            }
+        })
     }
 }
 
@@ -307,12 +331,14 @@ impl Dispatcher for DispatcherService {
         // Subscribe before reading: no change can fall between the first table and the stream.
         let mut events = self.store.subscribe();
         let node_id = peer.node_id;
-        let first = self.store.read(|s| crate::netview::node_table(s, &node_id));
+        let views = self.netview.clone();
+        let view = views.current(&self.store);
+        let (mut last, mut last_port) = (view.entries(&node_id), view.data_path_port());
+        drop(view);
         let (tx, rx) = mpsc::channel(4);
-        let _ = tx.try_send(Ok(first.clone()));
+        let _ = tx.try_send(Ok(netview::table(&last, last_port)));
         let store = self.store.clone();
         tokio::spawn(async move {
-            let mut last = first;
             loop {
                 tokio::select! {
                     () = ended.cancelled() => return,
@@ -320,20 +346,25 @@ impl Dispatcher for DispatcherService {
                     ev = events.recv() => {
                         match ev {
                             Ok(batch) => {
-                                if !batch.changes.iter().any(crate::netview::relevant) {
+                                if !batch.changes.iter().any(netview::relevant) {
                                     continue;
                                 }
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => {}
                             Err(broadcast::error::RecvError::Closed) => return,
                         }
-                        let next = store.read(|s| crate::netview::node_table(s, &node_id));
-                        if next != last {
-                            if tx.send(Ok(next.clone())).await.is_err() {
-                                return;
-                            }
-                            last = next;
+                        // Only a change to one of this node's networks makes a new table.
+                        let view = views.current(&store);
+                        let entries = view.entries(&node_id);
+                        let port = view.data_path_port();
+                        drop(view);
+                        if port == last_port && netview::same_entries(&entries, &last) {
+                            continue;
                         }
+                        if tx.send(Ok(netview::table(&entries, port))).await.is_err() {
+                            return;
+                        }
+                        (last, last_port) = (entries, port);
                     }
                 }
             }

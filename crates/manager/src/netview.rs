@@ -3,12 +3,14 @@
 //! IPs). [`node_table`] computes it from the store (pure); the dispatcher's `Networks` stream sends
 //! it whole to the node whenever it changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use rswarm_api::dispatcher::v1 as pb;
 use rswarm_store::{
-    Change, Cluster, EndpointMode, Network, Node, Object, Service, StateMachine, Task, TaskState,
+    Change, Cluster, EndpointMode, Network, NetworkAttachment, NetworkAttachmentConfig, Node,
+    Object, Service, StateMachine, Task, TaskState,
 };
 
 /// The IPv4 address in a node's advertise address (`ip` or `ip:port`).
@@ -25,27 +27,178 @@ pub fn vtep_of(node: &Node) -> Option<String> {
 /// The table node `node_id` needs. Networks are those on which one of the node's tasks holds an
 /// address; a node without such tasks gets an empty table (and removes its devices).
 pub fn node_table(s: &StateMachine, node_id: &str) -> pb::NetworkTable {
-    let port = s.get::<Cluster>(Cluster::ID).map_or(
-        rswarm_store::network::DEFAULT_DATA_PATH_PORT,
-        Cluster::data_path_port,
-    );
-    let placed = |t: &&Task| !t.node_id.is_empty() && t.holds_addresses();
-    let mine: BTreeSet<&str> = s
-        .list::<Task>()
-        .filter(placed)
-        .filter(|t| t.node_id == node_id)
-        .flat_map(|t| t.networks.iter().map(|a| a.network_id.as_str()))
-        .collect();
-    let mut networks = Vec::with_capacity(mine.len());
-    for id in mine {
-        let Some(n) = s.get::<Network>(id) else {
-            continue;
-        };
-        networks.push(network_entry(s, n, placed));
+    NetView::of(s).node_table(node_id)
+}
+
+/// Every node's table at one store index, from one pass over the tasks and services
+/// (O(tasks + endpoints)); the dispatcher shares one view among all the nodes' streams, so a
+/// committed batch costs that pass once instead of once per connected node per network. A view
+/// made [`after`](Self::after) another keeps the other's entry (the same allocation) for each
+/// network whose entry did not change, so a node's stream tells by pointer whether any of its
+/// networks changed, and only nodes on a changed network get a new table.
+#[derive(Debug)]
+pub struct NetView {
+    index: u64,
+    data_path_port: u32,
+    /// Each network some placed task holds an address on, with all its endpoints and services.
+    networks: HashMap<String, Arc<pb::NodeNetwork>>,
+    /// The networks of each node's placed tasks.
+    nodes: HashMap<String, BTreeSet<String>>,
+}
+
+impl NetView {
+    pub fn of(s: &StateMachine) -> NetView {
+        NetView::after(s, None)
     }
+
+    /// The view of `s`, sharing `prev`'s entries where they are unchanged.
+    pub fn after(s: &StateMachine, prev: Option<&NetView>) -> NetView {
+        let data_path_port = s.get::<Cluster>(Cluster::ID).map_or(
+            rswarm_store::network::DEFAULT_DATA_PATH_PORT,
+            Cluster::data_path_port,
+        );
+        let mut vteps: HashMap<&str, Option<String>> = HashMap::new();
+        let mut nodes: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut endpoints: HashMap<&str, Vec<pb::Endpoint>> = HashMap::new();
+        for t in s.list::<Task>() {
+            if t.node_id.is_empty() || !t.holds_addresses() {
+                continue;
+            }
+            let vtep = vteps
+                .entry(t.node_id.as_str())
+                .or_insert_with(|| s.get::<Node>(&t.node_id).and_then(vtep_of))
+                .clone();
+            for (i, a) in t.networks.iter().enumerate() {
+                // A task's first address on a network is its endpoint there.
+                if t.networks[..i].iter().any(|b| b.network_id == a.network_id) {
+                    continue;
+                }
+                nodes
+                    .entry(t.node_id.clone())
+                    .or_default()
+                    .insert(a.network_id.clone());
+                let Some(vtep) = vtep.clone() else {
+                    continue;
+                };
+                endpoints
+                    .entry(a.network_id.as_str())
+                    .or_default()
+                    .push(endpoint(t, a, vtep));
+            }
+        }
+        let used: BTreeSet<&str> = nodes.values().flatten().map(String::as_str).collect();
+        let mut services: HashMap<&str, Vec<pb::ServiceRecord>> = HashMap::new();
+        for svc in s.list::<Service>() {
+            for (i, cfg) in svc.spec.task.networks.iter().enumerate() {
+                let id = cfg.target.as_str();
+                // The first attachment to a network names the service's aliases there.
+                if !used.contains(id) || svc.spec.task.networks[..i].iter().any(|c| c.target == id)
+                {
+                    continue;
+                }
+                services
+                    .entry(id)
+                    .or_default()
+                    .push(service_record(svc, cfg, id));
+            }
+        }
+        let networks = used
+            .iter()
+            .filter_map(|id| s.get::<Network>(id))
+            .map(|n| {
+                let entry = pb::NodeNetwork {
+                    endpoints: endpoints.remove(n.id.as_str()).unwrap_or_default(),
+                    services: services.remove(n.id.as_str()).unwrap_or_default(),
+                    ..network_header(n)
+                };
+                let entry = match prev.and_then(|p| p.networks.get(&n.id)) {
+                    Some(old) if **old == entry => Arc::clone(old),
+                    _ => Arc::new(entry),
+                };
+                (n.id.clone(), entry)
+            })
+            .collect();
+        NetView {
+            index: s.index(),
+            data_path_port: data_path_port.into(),
+            networks,
+            nodes,
+        }
+    }
+
+    /// The store index this view was computed at.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The VXLAN port every node's table carries.
+    pub fn data_path_port(&self) -> u32 {
+        self.data_path_port
+    }
+
+    /// The entries of node `node_id`'s networks, shared with the view.
+    pub fn entries(&self, node_id: &str) -> Vec<Arc<pb::NodeNetwork>> {
+        self.nodes
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.networks.get(id).cloned())
+            .collect()
+    }
+
+    /// Node `node_id`'s table (see [`node_table`]).
+    pub fn node_table(&self, node_id: &str) -> pb::NetworkTable {
+        table(&self.entries(node_id), self.data_path_port)
+    }
+}
+
+/// A node's table from its networks' entries.
+pub fn table(entries: &[Arc<pb::NodeNetwork>], data_path_port: u32) -> pb::NetworkTable {
     pb::NetworkTable {
-        networks,
-        data_path_port: port.into(),
+        networks: entries.iter().map(|e| (**e).clone()).collect(),
+        data_path_port,
+    }
+}
+
+/// Whether two lists of entries are the same shared entries: entries of views made one
+/// [`after`](NetView::after) the other differ by pointer exactly where they differ by value.
+pub fn same_entries(a: &[Arc<pb::NodeNetwork>], b: &[Arc<pb::NodeNetwork>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// Task `t`'s endpoint at address `a`, on a node whose VTEP is `vtep`.
+fn endpoint(t: &Task, a: &NetworkAttachment, vtep: String) -> pb::Endpoint {
+    pb::Endpoint {
+        task_id: t.id.clone(),
+        ip: a.addr.to_string(),
+        node_addr: vtep,
+        node_id: t.node_id.clone(),
+        task_name: t.name(),
+        service_id: t.service_id.clone(),
+        running: t.status.state == TaskState::Running && t.desired_state == TaskState::Running,
+    }
+}
+
+/// Service `svc`'s record on network `network_id`, which its attachment `cfg` names.
+fn service_record(
+    svc: &Service,
+    cfg: &NetworkAttachmentConfig,
+    network_id: &str,
+) -> pb::ServiceRecord {
+    let vip = match svc.spec.endpoint_mode {
+        EndpointMode::Vip => svc
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == network_id)
+            .map(|v| v.addr.to_string())
+            .unwrap_or_default(),
+        EndpointMode::Dnsrr => String::new(),
+    };
+    pb::ServiceRecord {
+        service_id: svc.id.clone(),
+        name: svc.spec.name.clone(),
+        aliases: cfg.aliases.clone(),
+        vip,
     }
 }
 
@@ -64,54 +217,52 @@ pub fn network_header(n: &Network) -> pb::NodeNetwork {
     }
 }
 
-fn network_entry(
-    s: &StateMachine,
-    n: &Network,
-    placed: impl Fn(&&Task) -> bool,
-) -> pb::NodeNetwork {
-    let mut endpoints = Vec::new();
-    for t in s.list::<Task>().filter(&placed) {
-        let Some(a) = t.networks.iter().find(|a| a.network_id == n.id) else {
+/// Node `node_id`'s table by a scan of every task per network of the node, as the dispatcher
+/// computed it for each node before [`NetView`] (O(tasks × its networks) per node). Kept as the
+/// reference [`NetView`] is tested against and `rswarm-bench-sched` compares it with.
+#[doc(hidden)]
+pub fn scan_node_table(s: &StateMachine, node_id: &str) -> pb::NetworkTable {
+    let placed = |t: &&Task| !t.node_id.is_empty() && t.holds_addresses();
+    let mine: BTreeSet<&str> = s
+        .list::<Task>()
+        .filter(placed)
+        .filter(|t| t.node_id == node_id)
+        .flat_map(|t| t.networks.iter().map(|a| a.network_id.as_str()))
+        .collect();
+    let mut networks = Vec::new();
+    for id in mine {
+        let Some(n) = s.get::<Network>(id) else {
             continue;
         };
-        let Some(vtep) = s.get::<Node>(&t.node_id).and_then(vtep_of) else {
-            continue;
-        };
-        endpoints.push(pb::Endpoint {
-            task_id: t.id.clone(),
-            ip: a.addr.to_string(),
-            node_addr: vtep,
-            node_id: t.node_id.clone(),
-            task_name: t.name(),
-            service_id: t.service_id.clone(),
-            running: t.status.state == TaskState::Running && t.desired_state == TaskState::Running,
+        let endpoints = s
+            .list::<Task>()
+            .filter(placed)
+            .filter_map(|t| {
+                let a = t.networks.iter().find(|a| a.network_id == n.id)?;
+                let vtep = s.get::<Node>(&t.node_id).and_then(vtep_of)?;
+                Some(endpoint(t, a, vtep))
+            })
+            .collect();
+        let services = s
+            .list::<Service>()
+            .filter_map(|svc| {
+                let cfg = svc.spec.task.networks.iter().find(|c| c.target == n.id)?;
+                Some(service_record(svc, cfg, &n.id))
+            })
+            .collect();
+        networks.push(pb::NodeNetwork {
+            endpoints,
+            services,
+            ..network_header(n)
         });
     }
-    let services = s
-        .list::<Service>()
-        .filter_map(|svc| {
-            let cfg = svc.spec.task.networks.iter().find(|c| c.target == n.id)?;
-            let vip = match svc.spec.endpoint_mode {
-                EndpointMode::Vip => svc
-                    .virtual_ips
-                    .iter()
-                    .find(|v| v.network_id == n.id)
-                    .map(|v| v.addr.to_string())
-                    .unwrap_or_default(),
-                EndpointMode::Dnsrr => String::new(),
-            };
-            Some(pb::ServiceRecord {
-                service_id: svc.id.clone(),
-                name: svc.spec.name.clone(),
-                aliases: cfg.aliases.clone(),
-                vip,
-            })
-        })
-        .collect();
-    pb::NodeNetwork {
-        endpoints,
-        services,
-        ..network_header(n)
+    let port = s.get::<Cluster>(Cluster::ID).map_or(
+        rswarm_store::network::DEFAULT_DATA_PATH_PORT,
+        Cluster::data_path_port,
+    );
+    pb::NetworkTable {
+        networks,
+        data_path_port: port.into(),
     }
 }
 
@@ -127,10 +278,7 @@ pub fn relevant(c: &Change) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rswarm_store::{
-        NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, Op, ServiceSpec, TaskSpec,
-        TaskStatus, Txn,
-    };
+    use rswarm_store::{NetworkSpec, Op, ServiceSpec, TaskSpec, TaskStatus, Txn};
 
     fn state() -> StateMachine {
         let mut sm = StateMachine::new();
@@ -210,6 +358,186 @@ mod tests {
         )
         .unwrap();
         sm
+    }
+
+    /// A bigger state: 6 nodes (one without an IPv4 address), 4 networks (one unused), 3
+    /// services (one dnsrr, one on a network twice) and 60 tasks in every state, some unplaced,
+    /// some with two addresses on one network or on two networks.
+    fn mixed_state() -> StateMachine {
+        let mut ops: Vec<Op> = Vec::new();
+        for (i, id) in ["a", "b", "c", "unused"].iter().enumerate() {
+            let subnet = format!("10.0.{i}.0/24");
+            ops.push(Txn::create(Network {
+                id: (*id).into(),
+                meta: Default::default(),
+                spec: NetworkSpec {
+                    name: format!("net-{id}"),
+                    driver: "overlay".into(),
+                    ..NetworkSpec::default()
+                },
+                subnet: subnet.parse().unwrap(),
+                gateway: subnet.replace(".0/24", ".1").parse().unwrap(),
+                vni: 4096 + u32::try_from(i).unwrap(),
+            }));
+        }
+        for n in 1..=6 {
+            let addr = if n == 6 {
+                "[2001:db8::6]:4242".to_string()
+            } else {
+                format!("198.18.0.{n}")
+            };
+            ops.push(Txn::create(Node {
+                id: format!("n{n}"),
+                addr,
+                ..Node::default()
+            }));
+        }
+        let subnet_of = |net: &str| ["a", "b", "c"].iter().position(|n| *n == net).unwrap();
+        let cfg = |target: &str, alias: &str| NetworkAttachmentConfig {
+            target: target.into(),
+            aliases: vec![alias.into()],
+        };
+        let services = [
+            ("s0", vec![cfg("a", "x"), cfg("b", "y")], EndpointMode::Vip),
+            ("s1", vec![cfg("b", "p"), cfg("b", "q")], EndpointMode::Vip),
+            (
+                "s2",
+                vec![cfg("a", "r"), cfg("c", "m")],
+                EndpointMode::Dnsrr,
+            ),
+        ];
+        for (k, (id, networks, mode)) in services.into_iter().enumerate() {
+            let mut svc = Service {
+                id: id.into(),
+                spec: ServiceSpec {
+                    name: format!("svc{k}"),
+                    endpoint_mode: mode,
+                    task: TaskSpec {
+                        networks: networks.clone(),
+                        ..TaskSpec::default()
+                    },
+                    ..ServiceSpec::default()
+                },
+                ..Service::default()
+            };
+            svc.virtual_ips = networks
+                .iter()
+                .enumerate()
+                .map(|(j, c)| NetworkAttachment {
+                    network_id: c.target.clone(),
+                    addr: format!("10.0.{}.{}", subnet_of(&c.target), 2 + 2 * k + j)
+                        .parse()
+                        .unwrap(),
+                    aliases: vec![],
+                })
+                .collect();
+            ops.push(Txn::create(svc));
+        }
+        let states = [
+            TaskState::New,
+            TaskState::Assigned,
+            TaskState::Running,
+            TaskState::Running,
+            TaskState::Failed,
+            TaskState::Shutdown,
+        ];
+        let nets = ["a", "b", "c"];
+        for i in 0..60u8 {
+            let net = nets[usize::from(i) % nets.len()];
+            let m = subnet_of(net);
+            let mut networks = vec![NetworkAttachment {
+                network_id: net.into(),
+                addr: format!("10.0.{m}.{}", 10 + i).parse().unwrap(),
+                aliases: vec![],
+            }];
+            if i % 7 == 0 {
+                networks.push(NetworkAttachment {
+                    network_id: net.into(),
+                    addr: format!("10.0.{m}.{}", 100 + i).parse().unwrap(),
+                    aliases: vec![],
+                });
+            }
+            if i % 5 == 0 {
+                networks.push(NetworkAttachment {
+                    network_id: "a".into(),
+                    addr: format!("10.0.0.{}", 170 + i / 5).parse().unwrap(),
+                    aliases: vec![],
+                });
+            }
+            let node = if i % 11 == 0 {
+                String::new()
+            } else {
+                format!("n{}", i % 6 + 1)
+            };
+            ops.push(Txn::create(Task {
+                id: format!("t{i:02}"),
+                service_id: format!("s{}", i % 3),
+                service_name: format!("svc{}", i % 3),
+                slot: u64::from(i),
+                node_id: node,
+                desired_state: if i % 13 == 0 {
+                    TaskState::Shutdown
+                } else {
+                    TaskState::Running
+                },
+                status: TaskStatus {
+                    state: states[usize::from(i) % states.len()],
+                    ..TaskStatus::default()
+                },
+                networks,
+                ..Task::default()
+            }));
+        }
+        let mut sm = StateMachine::new();
+        sm.apply(
+            1,
+            &Txn {
+                timestamp_ms: 1,
+                ops,
+            },
+        )
+        .unwrap();
+        sm
+    }
+
+    #[test]
+    fn the_shared_view_gives_every_node_the_table_a_scan_gives() {
+        for s in [state(), mixed_state()] {
+            let view = NetView::of(&s);
+            assert_eq!(view.index(), s.index());
+            for n in ["n1", "n2", "n3", "n4", "n5", "n6", "nx", ""] {
+                assert_eq!(view.node_table(n), scan_node_table(&s, n), "node {n}");
+            }
+        }
+        let s = mixed_state();
+        let t = node_table(&s, "n2");
+        assert!(t.networks.len() >= 2, "{t:?}");
+        assert!(t.networks.iter().any(|n| !n.services.is_empty()));
+    }
+
+    #[test]
+    fn a_later_view_shares_the_entries_that_did_not_change() {
+        let mut s = mixed_state();
+        let before = NetView::of(&s);
+        let same = NetView::after(&s, Some(&before));
+        for n in ["n1", "n2", "n3", "n4", "n5"] {
+            assert!(same_entries(&before.entries(n), &same.entries(n)), "{n}");
+        }
+        // t02 (n3, network c) stops running: only the nodes on network c see a change.
+        let mut t = s.get::<Task>("t02").unwrap().clone();
+        assert_eq!(t.networks[0].network_id, "c");
+        t.status.state = TaskState::Failed;
+        s.apply(2, &Txn::new(vec![Txn::update(t)])).unwrap();
+        let after = NetView::after(&s, Some(&same));
+        for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
+            let on_c = before.nodes.get(n).is_some_and(|nets| nets.contains("c"));
+            assert_eq!(
+                same_entries(&same.entries(n), &after.entries(n)),
+                !on_c,
+                "{n}"
+            );
+            assert_eq!(after.node_table(n), scan_node_table(&s, n), "{n}");
+        }
     }
 
     #[test]
