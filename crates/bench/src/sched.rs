@@ -490,7 +490,7 @@ pub async fn run(
         }
     }
     table.render(out)?;
-    let mut nets = Table::new([
+    let headers = [
         "nodes",
         "tasks",
         "networks",
@@ -499,15 +499,9 @@ pub async fn run(
         "speed-up",
         "tables sent",
         "endpoints sent",
-    ])
-    .align(0, Align::Right)
-    .align(1, Align::Right)
-    .align(2, Align::Right)
-    .align(3, Align::Right)
-    .align(4, Align::Right)
-    .align(5, Align::Right)
-    .align(6, Align::Right)
-    .align(7, Align::Right);
+    ];
+    // Every column is a number.
+    let mut nets = (0..headers.len()).fold(Table::new(headers), |t, c| t.align(c, Align::Right));
     for &n in &args.nodes {
         writeln!(log, "{n} nodes: overlay tables after one change")?;
         let r = network_tables(n, args.tasks, args.networks)?;

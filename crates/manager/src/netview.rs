@@ -280,9 +280,9 @@ mod tests {
     use super::*;
     use rswarm_store::{NetworkSpec, Op, ServiceSpec, TaskSpec, TaskStatus, Txn};
 
-    fn state() -> StateMachine {
-        let mut sm = StateMachine::new();
-        let net = |id: &str, subnet: &str, vni| Network {
+    /// Network `id` (named `net-<id>`) on a /24 `subnet` with its .1 as the gateway.
+    fn net(id: &str, subnet: &str, vni: u32) -> Network {
+        Network {
             id: id.into(),
             meta: Default::default(),
             spec: NetworkSpec {
@@ -293,7 +293,11 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             gateway: subnet.replace(".0/24", ".1").parse().unwrap(),
             vni,
-        };
+        }
+    }
+
+    fn state() -> StateMachine {
+        let mut sm = StateMachine::new();
         let node = |id: &str, addr: &str| Node {
             id: id.into(),
             addr: addr.into(),
@@ -366,19 +370,8 @@ mod tests {
     fn mixed_state() -> StateMachine {
         let mut ops: Vec<Op> = Vec::new();
         for (i, id) in ["a", "b", "c", "unused"].iter().enumerate() {
-            let subnet = format!("10.0.{i}.0/24");
-            ops.push(Txn::create(Network {
-                id: (*id).into(),
-                meta: Default::default(),
-                spec: NetworkSpec {
-                    name: format!("net-{id}"),
-                    driver: "overlay".into(),
-                    ..NetworkSpec::default()
-                },
-                subnet: subnet.parse().unwrap(),
-                gateway: subnet.replace(".0/24", ".1").parse().unwrap(),
-                vni: 4096 + u32::try_from(i).unwrap(),
-            }));
+            let vni = 4096 + u32::try_from(i).unwrap();
+            ops.push(Txn::create(net(id, &format!("10.0.{i}.0/24"), vni)));
         }
         for n in 1..=6 {
             let addr = if n == 6 {
@@ -489,14 +482,7 @@ mod tests {
             }));
         }
         let mut sm = StateMachine::new();
-        sm.apply(
-            1,
-            &Txn {
-                timestamp_ms: 1,
-                ops,
-            },
-        )
-        .unwrap();
+        sm.apply(1, &Txn::new(ops)).unwrap();
         sm
     }
 
