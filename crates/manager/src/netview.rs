@@ -1,7 +1,7 @@
 //! What each node must know about overlay networks: the networks of its tasks, every endpoint on
 //! them (for FDB and neighbour entries and DNS), and the services on them (for DNS and virtual
-//! IPs). [`node_table`] computes it from the store (pure); the dispatcher's `Networks` stream sends
-//! it whole to the node whenever it changes.
+//! IPs). [`NetView`] computes it from the store for every node at once (pure); the dispatcher's
+//! `Networks` stream sends it whole to the node whenever it changes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -22,12 +22,6 @@ pub fn vtep_of(node: &Node) -> Option<String> {
         .or_else(|_| node.addr.parse::<IpAddr>())
         .ok()?;
     ip.is_ipv4().then(|| ip.to_string())
-}
-
-/// The table node `node_id` needs. Networks are those on which one of the node's tasks holds an
-/// address; a node without such tasks gets an empty table (and removes its devices).
-pub fn node_table(s: &StateMachine, node_id: &str) -> pb::NetworkTable {
-    NetView::of(s).node_table(node_id)
 }
 
 /// Every node's table at one store index, from one pass over the tasks and services
@@ -146,7 +140,8 @@ impl NetView {
             .collect()
     }
 
-    /// Node `node_id`'s table (see [`node_table`]).
+    /// The table node `node_id` needs. Networks are those on which one of the node's tasks holds
+    /// an address; a node without such tasks gets an empty table (and removes its devices).
     pub fn node_table(&self, node_id: &str) -> pb::NetworkTable {
         table(&self.entries(node_id), self.data_path_port)
     }
@@ -496,7 +491,7 @@ mod tests {
             }
         }
         let s = mixed_state();
-        let t = node_table(&s, "n2");
+        let t = NetView::of(&s).node_table("n2");
         assert!(t.networks.len() >= 2, "{t:?}");
         assert!(t.networks.iter().any(|n| !n.services.is_empty()));
     }
@@ -529,7 +524,8 @@ mod tests {
     #[test]
     fn nodes_see_only_their_networks_with_every_endpoint() {
         let s = state();
-        let t1 = node_table(&s, "n1");
+        let view = NetView::of(&s);
+        let t1 = view.node_table("n1");
         assert_eq!(t1.data_path_port, 4789);
         assert_eq!(t1.networks.len(), 1);
         let a = &t1.networks[0];
@@ -550,9 +546,9 @@ mod tests {
         assert_eq!(a.services.len(), 1);
         assert_eq!(a.services[0].vip, "10.0.0.2");
         assert_eq!(a.services[0].aliases, vec!["www".to_string()]);
-        let t3 = node_table(&s, "n3");
+        let t3 = view.node_table("n3");
         assert_eq!(t3.networks.len(), 1);
         assert_eq!(t3.networks[0].vni, 4097);
-        assert!(node_table(&s, "nx").networks.is_empty());
+        assert!(view.node_table("nx").networks.is_empty());
     }
 }
