@@ -342,7 +342,18 @@ fn engine_runs_containers_from_a_registry() {
     assert!(rs(h, &["container", "inspect", "logger"]).failed_cleanly());
     let out = ok(h, &["image", "rm", bb]);
     assert!(out.contains("Untagged") || out.contains("Deleted"), "{out}");
+    // `image prune` asks first, as Docker does; no answer is a no.
     let out = ok(h, &["image", "prune", "-a"]);
+    assert!(
+        out.contains("WARNING! This will remove all images without at least one container"),
+        "{out}"
+    );
+    assert!(!out.contains("Total reclaimed space"), "{out}");
+    assert!(
+        !ok(h, &["image", "ls", "-q"]).trim().is_empty(),
+        "nothing pruned without a yes"
+    );
+    let out = ok(h, &["image", "prune", "-a", "-f"]);
     assert!(out.contains("Total reclaimed space"), "{out}");
     assert_eq!(
         ok(h, &["image", "ls", "-q"]).trim(),

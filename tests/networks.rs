@@ -583,6 +583,217 @@ fn overlay_networks_on_docker_like_hosts() {
     exercise("net_dockerlike", true);
 }
 
+/// Whether the container has interface `ifname`.
+fn has_link(host: &Host, name: &str, ifname: &str) -> bool {
+    exec(host, name, &format!("ip link show dev {ifname}")).success()
+}
+
+/// The addresses `nslookup NAME 127.0.0.11` gives inside container `from` (none if it fails).
+fn resolves(host: &Host, from: &str, name: &str) -> String {
+    exec(host, from, &format!("nslookup {name} 127.0.0.11")).stdout
+}
+
+/// `network connect` and `network disconnect`, as a Docker user drives them: a running
+/// container joins attachable networks at once (interface, DNS both ways, `hosts`,
+/// `resolv.conf`), leaves them at once, keeps what it joined across restarts, and a stopped
+/// one joins at its next start; wrong modes, networks and repeats are refused.
+#[test]
+fn standalone_containers_connect_and_disconnect() {
+    let Some(lab) = lab("net_connect", 2) else {
+        return;
+    };
+    let c = TestCluster::start(&lab, 2, &[("test/bb:latest", sleeper())]);
+    let image = c.image("test/bb:latest");
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    ok(
+        h1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.61.0.0/24",
+            "front",
+        ],
+    );
+    ok(
+        h1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.62.0.0/24",
+            "back",
+        ],
+    );
+    ok(h1, &["network", "create", "plain"]);
+    ok(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "srv",
+            "--network",
+            "front",
+            &image,
+        ],
+    );
+    let srv_ip = addr_of(h2, "srv", "eth1");
+    ok(h1, &["container", "run", "-d", "--name", "cli", &image]);
+    assert!(
+        !has_link(h1, "cli", "eth1"),
+        "a bridge container has only eth0"
+    );
+
+    // Refused: a network that is not attachable, an unknown one, a container without a
+    // namespace of its own; nothing is left half done.
+    let out = rs(h1, &["network", "connect", "plain", "cli"]);
+    out.assert_failure("connect to a non-attachable network");
+    assert!(out.stderr_lc().contains("not attachable"), "{out}");
+    let out = rs(h1, &["network", "connect", "nosuchnet", "cli"]);
+    out.assert_failure("connect to an unknown network");
+    assert!(out.stderr_lc().contains("not found"), "{out}");
+    assert!(
+        !has_link(h1, "cli", "eth1"),
+        "failed connects add no interface"
+    );
+    ok(
+        h1,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "hostc",
+            "--network",
+            "host",
+            &image,
+        ],
+    );
+    let out = rs(h1, &["network", "connect", "front", "hostc"]);
+    out.assert_failure("connect a host-network container");
+    assert!(out.stderr_lc().contains("host network"), "{out}");
+    let out = rs(h1, &["network", "connect", "front", "nosuchcontainer"]);
+    out.assert_failure("connect an unknown container");
+    assert!(out.stderr_lc().contains("no such container"), "{out}");
+
+    // A running container joins at once: an address on front, reachable both ways, named in
+    // the cluster's DNS, and its own resolver now the embedded one.
+    ok(h1, &["network", "connect", "front", "cli"]);
+    let cli_ip = addr_of(h1, "cli", "eth1");
+    assert!(cli_ip.starts_with("10.61.0."), "cli on front: {cli_ip}");
+    assert!(
+        ping_from(h1, "cli", &srv_ip, 56),
+        "cli reaches srv over front"
+    );
+    assert!(
+        ping_from(h2, "srv", &cli_ip, 56),
+        "srv reaches cli over front"
+    );
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || resolves(h2, "srv", "cli").contains(&cli_ip),
+        "srv resolves cli",
+    );
+    let out = exec(
+        h1,
+        "cli",
+        "cat /etc/resolv.conf; nslookup srv; cat /etc/hosts",
+    );
+    assert!(out.stdout.contains("nameserver 127.0.0.11"), "{out}");
+    assert!(out.stdout.contains(&srv_ip), "cli resolves srv: {out}");
+    assert!(
+        out.stdout.contains(&cli_ip),
+        "cli's hosts lists its new address: {out}"
+    );
+    let inspect: Value =
+        serde_json::from_str(&ok(h1, &["container", "inspect", "cli"])).expect("inspect json");
+    let nets = &inspect[0]["NetworkSettings"]["Networks"];
+    assert_eq!(nets["front"]["IPAddress"], cli_ip.as_str(), "{nets}");
+    assert!(nets["bridge"]["IPAddress"].is_string(), "{nets}");
+    let out = rs(h1, &["network", "connect", "front", "cli"]);
+    out.assert_failure("connect twice");
+    assert!(out.stderr_lc().contains("already exists"), "{out}");
+
+    // A second network takes the next interface; leaving the first takes its interface, address
+    // and name away at once and keeps the second.
+    ok(h1, &["network", "connect", "back", "cli"]);
+    let back_ip = addr_of(h1, "cli", "eth2");
+    assert!(back_ip.starts_with("10.62.0."), "cli on back: {back_ip}");
+    ok(h1, &["network", "disconnect", "front", "cli"]);
+    assert!(!has_link(h1, "cli", "eth1"), "front's interface is gone");
+    assert_eq!(addr_of(h1, "cli", "eth2"), back_ip, "back stays");
+    assert!(
+        !ping_from(h2, "srv", &cli_ip, 56),
+        "srv no longer reaches cli"
+    );
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let r = resolves(h2, "srv", "cli");
+            !r.contains(&cli_ip)
+        },
+        "srv no longer resolves cli",
+    );
+    // h1 has nothing else on front: its devices for front go.
+    let front_vni = vni_of(h1, "front");
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || !overlay_netns_files(h1).contains(&front_vni),
+        "front's namespace gone from h1",
+    );
+    let out = rs(h1, &["network", "disconnect", "front", "cli"]);
+    out.assert_failure("disconnect from a network the container is not on");
+    assert!(out.stderr_lc().contains("not connected"), "{out}");
+    ok(h1, &["network", "disconnect", "-f", "front", "cli"]);
+
+    // What it joined is in its record: a stopped container joins at its next start, and a
+    // restart brings back every network (numbered from eth1 again, in the order joined).
+    ok(h1, &["container", "stop", "-t", "1", "cli"]);
+    ok(h1, &["network", "connect", "front", "cli"]);
+    ok(h1, &["container", "start", "cli"]);
+    let (b, a) = (addr_of(h1, "cli", "eth1"), addr_of(h1, "cli", "eth2"));
+    assert_eq!(b, back_ip, "back keeps its address across the restart");
+    assert!(a.starts_with("10.61.0."), "front again: {a}");
+    assert!(
+        ping_from(h1, "cli", &srv_ip, 56),
+        "cli reaches srv after its restart"
+    );
+
+    // A container removed while its node has no session cannot give its address back then; the
+    // node's next session does (the cluster keeps only what the node's records hold).
+    c.daemons[0].kill9();
+    ok(h2, &["container", "rm", "-f", "srv"]);
+    let _manager = h1.start_manager();
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || h1.node_status("h2").as_deref() == Some("ready"),
+        "h2 back in session with the restarted manager",
+    );
+    let out = rs(h1, &["network", "rm", "front"]);
+    out.assert_failure("front is still cli's");
+    assert!(out.stderr_lc().contains("in use"), "{out}");
+
+    // Removing the containers gives their addresses back: the networks can go.
+    ok(h1, &["container", "rm", "-f", "cli", "hostc"]);
+    for net in ["front", "back", "plain"] {
+        lab.wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || rs(h1, &["network", "rm", net]).success(),
+            &format!("{net} removable once its containers are gone"),
+        );
+    }
+    drop(c);
+}
+
 /// (ip, mac) or (ip, vtep) pairs.
 type Pairs = Vec<(String, String)>;
 

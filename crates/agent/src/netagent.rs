@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use rswarm_api::dispatcher::v1::dispatcher_client::DispatcherClient;
 use rswarm_api::dispatcher::v1::{
     AttachNetworkRequest, DetachNetworkRequest, NetworkTable, NetworksRequest, NodeNetwork,
+    SyncAttachmentsRequest,
 };
 use rswarm_api::types::v1::Task;
 use rswarm_network::{OverlayNetwork, Peer};
@@ -187,6 +188,8 @@ impl NetView {
                 ip,
                 local_ip,
                 port,
+                cluster_attachment: None,
+                aliases: Vec::new(),
             });
         }
         Ok((out, internal))
@@ -333,11 +336,24 @@ impl SessionNetworks {
 }
 
 impl ClusterNetworks for SessionNetworks {
+    fn sync(&self, keep: Vec<String>) -> BoxFuture<'_, Result<u32, String>> {
+        Box::pin(async move {
+            let (mut client, session_id) = self.client()?;
+            Ok(client
+                .sync_attachments(SyncAttachmentsRequest { session_id, keep })
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner()
+                .released)
+        })
+    }
+
     fn attach<'a>(
         &'a self,
         network: &'a str,
         container_id: &'a str,
         container_name: &'a str,
+        aliases: &'a [String],
     ) -> BoxFuture<'a, Result<ClusterAttachment, String>> {
         Box::pin(async move {
             let local_ip = self.local_ip.ok_or_else(|| {
@@ -351,6 +367,7 @@ impl ClusterNetworks for SessionNetworks {
                     network: network.to_string(),
                     container_id: container_id.to_string(),
                     container_name: container_name.to_string(),
+                    aliases: aliases.to_vec(),
                 })
                 .await
                 .map_err(|s| s.message().to_string())?
@@ -374,6 +391,9 @@ impl ClusterNetworks for SessionNetworks {
                         .ok()
                         .filter(|p| *p != 0)
                         .unwrap_or(4789),
+                    // The engine keeps `id` here once it holds the address.
+                    cluster_attachment: None,
+                    aliases: aliases.to_vec(),
                 },
             })
         })
@@ -393,7 +413,7 @@ impl ClusterNetworks for SessionNetworks {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                tracing::warn!(attachment = attachment_id, error = %e, "cannot give a network address back; the cluster keeps it until the node leaves");
+                tracing::warn!(attachment = attachment_id, error = %e, "cannot give a network address back; the cluster takes it back at the node's next session");
             }
         })
     }

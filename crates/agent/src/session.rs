@@ -153,6 +153,12 @@ async fn one_session(
         link.tables.clone(),
     );
     tokio::pin!(networks);
+    // Addresses on attachable networks: the cluster gives back those no container here holds.
+    let attachments = async {
+        link.engine.sync_cluster_attachments().await;
+        std::future::pending::<()>().await;
+    };
+    tokio::pin!(attachments);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -160,6 +166,7 @@ async fn one_session(
             // Never end by themselves; dropped with the session.
             () = &mut logs => {}
             () = &mut networks => {}
+            () = &mut attachments => {}
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
                     let p = apply(ctx, addr, &m);

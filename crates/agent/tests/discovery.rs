@@ -128,6 +128,7 @@ fn endpoint(task_id: &str, task_name: &str, service_id: &str, ip: &str, running:
         task_name: task_name.into(),
         service_id: service_id.into(),
         running,
+        aliases: Vec::new(),
     }
 }
 

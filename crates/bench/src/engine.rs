@@ -1241,7 +1241,7 @@ impl<L: Write> Run<'_, L> {
                 .await
                 .context("rswarm image pull")?;
             rswarm(&self.rswarm, &node, &["image", "rm", &reference]).await?;
-            rswarm(&self.rswarm, &node, &["image", "prune", "-a"]).await?;
+            rswarm(&self.rswarm, &node, &["image", "prune", "-a", "-f"]).await?;
             left_blobs = fs::read_dir(node.state.join("images/blobs/sha256"))
                 .map(|rd| rd.count())
                 .unwrap_or(0);
@@ -1307,7 +1307,7 @@ impl<L: Write> Run<'_, L> {
             DASH,
         ]);
         self.notes.push(format!(
-            "2: rswarm's time is the CLI's wall time; after each pull `image rm` + `image prune -a` empty the store \
+            "2: rswarm's time is the CLI's wall time; after each pull `image rm` + `image prune -a -f` empty the store \
              ({left_blobs} blob files were left after the last prune). The reference gets fresh directories each time."
         ));
         Ok(())

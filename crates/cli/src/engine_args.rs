@@ -49,7 +49,7 @@ pub enum ImageCommand {
         /// Remove all images no container uses, not just dangling ones.
         #[arg(short, long)]
         all: bool,
-        /// Do not prompt for confirmation (rswarm never prompts; accepted for Docker's scripts).
+        /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
     },
@@ -203,9 +203,13 @@ pub struct RunArgs {
     /// Mount a tmpfs directory: /ctr[:size=64m,mode=1777].
     #[arg(long, value_name = "PATH")]
     pub tmpfs: Vec<String>,
-    /// Network mode: bridge (default), host, none or container:<name|id>.
+    /// Network mode: bridge (default), host, none, container:<name|id>, or an attachable
+    /// cluster network's name.
     #[arg(long = "network", alias = "net", default_value = "bridge")]
     pub network: String,
+    /// Another name for the container on its cluster network (repeatable).
+    #[arg(long = "network-alias", alias = "net-alias", value_name = "ALIAS")]
+    pub network_alias: Vec<String>,
     /// Overwrite the default ENTRYPOINT of the image ("" clears it).
     #[arg(long, allow_hyphen_values = true)]
     pub entrypoint: Option<String>,

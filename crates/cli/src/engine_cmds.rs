@@ -258,7 +258,15 @@ pub async fn image_command(channel: Channel, command: ImageCommand) -> anyhow::R
                 return Err(ExitStatus(c).into());
             }
         }
-        ImageCommand::Prune { all, force: _ } => {
+        ImageCommand::Prune { all, force } => {
+            let warning = if all {
+                "WARNING! This will remove all images without at least one container associated to them."
+            } else {
+                "WARNING! This will remove all dangling images."
+            };
+            if !force && !crate::prompt::confirm(warning)? {
+                return Ok(());
+            }
             let r = images
                 .prune(pb::PruneImagesRequest { all })
                 .await
@@ -405,6 +413,7 @@ pub fn container_spec(args: &RunArgs) -> anyhow::Result<pb::ContainerSpec> {
         volumes: args.volume.clone(),
         tmpfs: args.tmpfs.clone(),
         network: args.network.clone(),
+        network_aliases: args.network_alias.clone(),
         memory: args
             .memory
             .as_deref()

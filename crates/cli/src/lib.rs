@@ -14,6 +14,7 @@ pub mod network_cmds;
 pub mod network_output;
 pub mod output;
 pub mod progress;
+pub mod prompt;
 pub mod service_args;
 pub mod service_cmds;
 pub mod service_logs;

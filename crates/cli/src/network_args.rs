@@ -58,6 +58,26 @@ pub enum NetworkCommand {
         #[arg(required = true, value_name = "NETWORK")]
         networks: Vec<String>,
     },
+    /// Connect a container of this node to an attachable network (at once if it runs).
+    Connect {
+        /// Another name for the container on the network (repeatable).
+        #[arg(long = "alias", value_name = "ALIAS")]
+        aliases: Vec<String>,
+        #[arg(value_name = "NETWORK")]
+        network: String,
+        #[arg(value_name = "CONTAINER")]
+        container: String,
+    },
+    /// Disconnect a container of this node from a network.
+    Disconnect {
+        /// Do not fail when the container is not on the network.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(value_name = "NETWORK")]
+        network: String,
+        #[arg(value_name = "CONTAINER")]
+        container: String,
+    },
     /// Remove all unused networks.
     Prune {
         /// Do not prompt for confirmation.

@@ -4,6 +4,8 @@
 use anyhow::{bail, Context};
 use rswarm_api::control::v1 as pb;
 use rswarm_api::control::v1::control_client::ControlClient;
+use rswarm_api::local::v1::containers_client::ContainersClient;
+use rswarm_api::local::v1::{ConnectContainerRequest, DisconnectContainerRequest};
 use rswarm_api::types::v1::Network;
 use tonic::transport::Channel;
 
@@ -18,13 +20,13 @@ use crate::network_output as out;
 pub async fn run(global: &crate::Global, cmd: NetworkCommand) -> anyhow::Result<()> {
     precheck(&cmd)?;
     if let NetworkCommand::Prune { force: false, .. } = cmd {
-        if !confirm(PRUNE_WARNING)? {
+        if !crate::prompt::confirm(PRUNE_WARNING)? {
             return Ok(());
         }
     }
     let channel = crate::client::connect(global).await?;
     let mut text = String::new();
-    let result = network_command(&mut ControlClient::new(channel), cmd, &mut text).await;
+    let result = network_command(channel, cmd, &mut text).await;
     // What was done is printed even when something else failed (as docker does).
     print(&text);
     result
@@ -41,38 +43,13 @@ pub fn precheck(cmd: &NetworkCommand) -> anyhow::Result<()> {
             parse_filters(filters).map(|_| ())
         }
         NetworkCommand::Inspect { format, .. } => wants_json(format).map(|_| ()),
-        NetworkCommand::Rm { .. } => Ok(()),
+        NetworkCommand::Rm { .. }
+        | NetworkCommand::Connect { .. }
+        | NetworkCommand::Disconnect { .. } => Ok(()),
         NetworkCommand::Prune { filters, .. } => {
             parse_prune_filters(filters, crate::events::now_ms()).map(|_| ())
         }
     }
-}
-
-/// Whether a prompt's answer is a yes: y or yes, in any case.
-fn is_yes(answer: &str) -> bool {
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
-}
-
-/// Docker's prompt: `warning`, then "Are you sure you want to continue? [y/N] " on stdout, and
-/// one line from stdin; only y or yes (any case) goes on. No answer (end of input) is a no.
-fn confirm(warning: &str) -> anyhow::Result<bool> {
-    use std::io::{BufRead, Write};
-    let mut stdout = std::io::stdout().lock();
-    write!(
-        stdout,
-        "{warning}\nAre you sure you want to continue? [y/N] "
-    )?;
-    stdout.flush()?;
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("cannot read the answer from stdin")?;
-    let yes = is_yes(&answer);
-    if !yes {
-        writeln!(stdout)?;
-    }
-    Ok(yes)
 }
 
 /// Every network the manager knows.
@@ -96,10 +73,11 @@ fn lookup_error(key: &str, s: tonic::Status) -> anyhow::Error {
 
 /// Runs one network command; what it prints goes to `text`.
 pub async fn network_command(
-    control: &mut ControlClient<Channel>,
+    channel: Channel,
     cmd: NetworkCommand,
     text: &mut String,
 ) -> anyhow::Result<()> {
+    let control = &mut ControlClient::new(channel.clone());
     match cmd {
         NetworkCommand::Create(a) => {
             let spec = network_spec(&a)?;
@@ -181,6 +159,35 @@ pub async fn network_command(
                 bail!("{}", errors.join("\n"));
             }
         }
+        // Containers are the node's own: its daemon plugs them in.
+        NetworkCommand::Connect {
+            aliases,
+            network,
+            container,
+        } => {
+            ContainersClient::new(channel)
+                .connect(ConnectContainerRequest {
+                    id: container,
+                    network,
+                    aliases,
+                })
+                .await
+                .map_err(status_error)?;
+        }
+        NetworkCommand::Disconnect {
+            force,
+            network,
+            container,
+        } => {
+            ContainersClient::new(channel)
+                .disconnect(DisconnectContainerRequest {
+                    id: container,
+                    network,
+                    force,
+                })
+                .await
+                .map_err(status_error)?;
+        }
         NetworkCommand::Prune { filters, .. } => {
             let filter = parse_prune_filters(&filters, crate::events::now_ms())?;
             let mut deleted = Vec::new();
@@ -218,19 +225,4 @@ pub async fn network_command(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_yes;
-
-    #[test]
-    fn only_y_or_yes_goes_on() {
-        for a in ["y\n", "Y", "yes\n", " YES "] {
-            assert!(is_yes(a), "{a:?}");
-        }
-        for a in ["", "\n", "n\n", "no", "yess", "ja"] {
-            assert!(!is_yes(a), "{a:?}");
-        }
-    }
 }

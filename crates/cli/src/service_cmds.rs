@@ -983,12 +983,7 @@ mod tests {
         let mut text = String::new();
         let cmd = net(args);
         crate::network_cmds::precheck(&cmd).unwrap();
-        let r = crate::network_cmds::network_command(
-            &mut ControlClient::new(channel.clone()),
-            cmd,
-            &mut text,
-        )
-        .await;
+        let r = crate::network_cmds::network_command(channel.clone(), cmd, &mut text).await;
         (text, r)
     }
 

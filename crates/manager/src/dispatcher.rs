@@ -11,8 +11,8 @@ use rswarm_api::dispatcher::v1::{
     AssignmentsMessage, AssignmentsRequest, AttachNetworkRequest, AttachNetworkResponse,
     DetachNetworkRequest, DetachNetworkResponse, HeartbeatRequest, HeartbeatResponse,
     ListenSubscriptionsRequest, LogSubscription, NetworkTable, NetworksRequest, PublishLogsMessage,
-    PublishLogsResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
-    UpdateTaskStatusResponse,
+    PublishLogsResponse, SessionMessage, SessionRequest, SyncAttachmentsRequest,
+    SyncAttachmentsResponse, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use rswarm_ca::transport::peer_of;
 use rswarm_store::{Cluster, Kind, Node, Store};
@@ -398,6 +398,7 @@ impl Dispatcher for DispatcherService {
                     node_id: &peer.node_id,
                     container_id: &r.container_id,
                     container_name: &r.container_name,
+                    aliases: &r.aliases,
                 };
                 match rswarm_orchestrator::attachment_task(s, network, who, id.clone(), now_ms()) {
                     Ok(t) => Ok(vec![rswarm_store::Txn::create(t)]),
@@ -450,17 +451,38 @@ impl Dispatcher for DispatcherService {
                 if t.status.state.is_terminal() {
                     return Ok(vec![]);
                 }
-                // Stopped for good: the address is free; the reaper deletes it.
-                let mut t = t.clone();
-                t.status.state = rswarm_store::TaskState::Shutdown;
-                t.status.timestamp_ms = now_ms();
-                t.status.message = "detached".into();
-                t.desired_state = rswarm_store::TaskState::Remove;
+                let t = rswarm_orchestrator::released_attachment(t, now_ms(), "detached");
                 Ok(vec![rswarm_store::Txn::update(t)])
             })
             .await
             .map_err(store_status)?;
         Ok(Response::new(DetachNetworkResponse {}))
+    }
+
+    async fn sync_attachments(
+        &self,
+        req: Request<SyncAttachmentsRequest>,
+    ) -> Result<Response<SyncAttachmentsResponse>, Status> {
+        let peer = self.auth.node(&req)?;
+        let r = req.into_inner();
+        self.sessions.of(&peer.node_id, &r.session_id)?;
+        let keep: std::collections::BTreeSet<&str> = r.keep.iter().map(String::as_str).collect();
+        let mut released = 0;
+        self.store
+            .update(|s| {
+                let stale =
+                    rswarm_orchestrator::stale_attachments(s, &peer.node_id, &keep, now_ms());
+                released = stale.len();
+                Ok(stale.into_iter().map(rswarm_store::Txn::update).collect())
+            })
+            .await
+            .map_err(store_status)?;
+        if released > 0 {
+            tracing::info!(node = %peer.node_id, released, "gave back network attachments the node no longer records");
+        }
+        Ok(Response::new(SyncAttachmentsResponse {
+            released: u32::try_from(released).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn publish_logs(

@@ -171,6 +171,12 @@ fn endpoint(t: &Task, a: &NetworkAttachment, vtep: String) -> pb::Endpoint {
         task_name: t.name(),
         service_id: t.service_id.clone(),
         running: t.status.state == TaskState::Running && t.desired_state == TaskState::Running,
+        // A service's aliases name the service (its record), not each task.
+        aliases: if t.network_attachment {
+            a.aliases.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 

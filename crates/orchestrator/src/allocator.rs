@@ -267,6 +267,8 @@ pub struct StandaloneContainer<'a> {
     pub node_id: &'a str,
     pub container_id: &'a str,
     pub container_name: &'a str,
+    /// More names it answers to on the network.
+    pub aliases: &'a [String],
 }
 
 /// A network attachment for a standalone container on an attachable network: a task that is
@@ -297,7 +299,7 @@ pub fn attachment_task(
         spec: rswarm_store::TaskSpec {
             networks: vec![rswarm_store::NetworkAttachmentConfig {
                 target: network.id.clone(),
-                aliases: Vec::new(),
+                aliases: container.aliases.to_vec(),
             }],
             ..Default::default()
         },
@@ -312,11 +314,41 @@ pub fn attachment_task(
         networks: vec![NetworkAttachment {
             network_id: network.id.clone(),
             addr,
-            aliases: Vec::new(),
+            aliases: container.aliases.to_vec(),
         }],
         network_attachment: true,
         ..Task::default()
     })
+}
+
+/// Attachment `t` given back: stopped for good, so its address is free (the reaper deletes it).
+pub fn released_attachment(t: &Task, now_ms: u64, why: &str) -> Task {
+    let mut t = t.clone();
+    t.status.state = TaskState::Shutdown;
+    t.status.timestamp_ms = now_ms;
+    t.status.message = why.into();
+    t.desired_state = TaskState::Remove;
+    t
+}
+
+/// The attachments of node `node_id` that still hold an address but that the node no longer
+/// records (`keep` holds the ones it does), given back.
+pub fn stale_attachments(
+    state: &StateMachine,
+    node_id: &str,
+    keep: &BTreeSet<&str>,
+    now_ms: u64,
+) -> Vec<Task> {
+    state
+        .list::<Task>()
+        .filter(|t| {
+            t.network_attachment
+                && t.node_id == node_id
+                && t.holds_addresses()
+                && !keep.contains(t.id.as_str())
+        })
+        .map(|t| released_attachment(t, now_ms, "released: its node no longer records it"))
+        .collect()
 }
 
 /// The virtual IPs `service` needs for its spec: kept from `service.virtual_ips` where the network
@@ -554,10 +586,12 @@ mod tests {
     fn standalone_containers_join_only_attachable_networks() {
         let mut n = net("n", "10.0.0.0/24", 4096);
         let sm = state_with(vec![Object::Network(n.clone())]);
+        let aliases = ["db".to_string()];
         let who = || StandaloneContainer {
             node_id: "node1",
             container_id: "c1",
             container_name: "web",
+            aliases: &aliases,
         };
         let err = attachment_task(&sm, &n, who(), "a1".into(), 1).unwrap_err();
         assert!(err.to_string().contains("not attachable"), "{err}");
@@ -565,8 +599,57 @@ mod tests {
         let t = attachment_task(&sm, &n, who(), "a1".into(), 1).unwrap();
         assert!(t.network_attachment && t.holds_addresses());
         assert_eq!(t.networks[0].addr.to_string(), "10.0.0.2");
+        assert_eq!(t.networks[0].aliases, aliases);
         assert_eq!((t.name(), t.node_id.as_str()), ("web".to_string(), "node1"));
         assert_eq!(t.status.state, TaskState::Running);
+    }
+
+    #[test]
+    fn a_node_keeps_only_the_attachments_it_records() {
+        let mut n = net("n", "10.0.0.0/24", 4096);
+        n.spec.attachable = true;
+        let sm0 = state_with(vec![Object::Network(n.clone())]);
+        let attach = |id: &str, node: &str| {
+            let who = StandaloneContainer {
+                node_id: node,
+                container_id: "c",
+                container_name: id,
+                aliases: &[],
+            };
+            let mut t = attachment_task(&sm0, &n, who, id.into(), 1).unwrap();
+            // Distinct addresses, as the store holds them.
+            t.networks[0].addr = Ipv4Addr::new(10, 0, 0, 10 + id.as_bytes()[1] - b'0');
+            t
+        };
+        let gone = released_attachment(&attach("a4", "node1"), 2, "detached");
+        assert_eq!(
+            (gone.status.state, gone.desired_state),
+            (TaskState::Shutdown, TaskState::Remove)
+        );
+        let service_task = Task {
+            id: "t5".into(),
+            node_id: "node1".into(),
+            ..attach("t5", "node1")
+        };
+        let service_task = Task {
+            network_attachment: false,
+            ..service_task
+        };
+        let sm = state_with(vec![
+            Object::Network(n.clone()),
+            Object::Task(attach("a1", "node1")),
+            Object::Task(attach("a2", "node1")),
+            Object::Task(attach("a3", "node2")),
+            Object::Task(gone),
+            Object::Task(service_task),
+        ]);
+        let keep = BTreeSet::from(["a1"]);
+        let released = stale_attachments(&sm, "node1", &keep, 9);
+        let ids: Vec<&str> = released.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a2"]);
+        assert_eq!(released[0].status.state, TaskState::Shutdown);
+        assert_eq!(released[0].status.timestamp_ms, 9);
+        assert!(!released[0].holds_addresses());
     }
 
     #[test]

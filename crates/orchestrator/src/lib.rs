@@ -52,8 +52,8 @@ mod testutil;
 use rswarm_store::Op;
 
 pub use allocator::{
-    allocate_network, allocate_tasks, allocate_vips, attachment_task, AllocError,
-    StandaloneContainer,
+    allocate_network, allocate_tasks, allocate_vips, attachment_task, released_attachment,
+    stale_attachments, AllocError, StandaloneContainer,
 };
 pub use constraint::{Constraint, ConstraintError, Preference};
 pub use orchestrator::reconcile;

@@ -4,8 +4,9 @@
 //! Per network, as Docker's resolver: a service's name and aliases resolve to its virtual IP (or,
 //! with endpoint mode dnsrr, to the addresses of its running tasks), `tasks.<name or alias>` to
 //! the addresses of its running tasks, and a task's name (`web.3`) and `<task name>.<task id>` to
-//! the task's address while it runs. A name also resolves as `<name>.<network name>` on that
-//! network.
+//! the task's address while it runs; a standalone container's aliases (`network connect
+//! --alias`) resolve to the addresses of the running containers that have them. A name also
+//! resolves as `<name>.<network name>` on that network.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -71,6 +72,14 @@ fn network_names(n: &NodeNetwork) -> NetworkNames {
         if !e.task_id.is_empty() {
             keys.push(format!("{base}.{}", e.task_id.to_ascii_lowercase()));
         }
+        keys.extend(
+            e.aliases
+                .iter()
+                .map(|a| normalize(a))
+                .filter(|a| !a.is_empty()),
+        );
+        keys.sort_unstable();
+        keys.dedup();
         for key in keys {
             let ips = tasks.entry(key).or_default();
             ips.extend(ip);
@@ -150,6 +159,7 @@ pub(crate) mod tests {
             task_name: task_name.into(),
             service_id: service_id.into(),
             running,
+            aliases: Vec::new(),
         }
     }
 
@@ -240,6 +250,39 @@ pub(crate) mod tests {
         );
         let www = z.lookup(&ids(&["n1"]), "tasks.www").unwrap();
         assert_eq!(sorted(www), vec![ip("10.0.1.3"), ip("10.0.1.4")]);
+    }
+
+    #[test]
+    fn container_aliases_resolve_to_every_running_container_that_has_them() {
+        let mut t = table();
+        let with =
+            |task_id: &str, name: &str, ip: &str, running: bool, aliases: &[&str]| Endpoint {
+                aliases: aliases.iter().map(|a| a.to_string()).collect(),
+                ..endpoint(task_id, name, "", ip, running)
+            };
+        t.networks[0].endpoints.extend([
+            with("a1", "probe", "10.0.1.20", true, &["DB2", "mon", "mon"]),
+            with("a2", "probe2", "10.0.1.21", true, &["mon"]),
+            with("a3", "probe3", "10.0.1.22", false, &["mon"]),
+            // A service's name wins over a container's alias.
+            with("a4", "probe4", "10.0.1.23", true, &["web"]),
+        ]);
+        let z = Zone::from_table(&t);
+        let n1 = ids(&["n1"]);
+        assert_eq!(z.lookup(&n1, "db2"), Some(vec![ip("10.0.1.20")]));
+        let mon = z.lookup(&n1, "mon").unwrap();
+        assert_eq!(sorted(mon), vec![ip("10.0.1.20"), ip("10.0.1.21")]);
+        assert_eq!(z.lookup(&n1, "probe"), Some(vec![ip("10.0.1.20")]));
+        assert_eq!(z.lookup(&n1, "web"), Some(vec![ip("10.0.1.2")]));
+        assert_eq!(
+            z.lookup(&n1, "mon.front").map(sorted),
+            Some(vec![ip("10.0.1.20"), ip("10.0.1.21")])
+        );
+        assert_eq!(
+            z.lookup(&ids(&["n2"]), "mon"),
+            None,
+            "other networks do not see it"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Architecture invariant: stopping the agent never stops containers. They are re-adopted from
 //! `container.json` + the shim's pid when the agent starts again.
 
+mod connect;
 mod exec;
 pub(crate) mod parse;
 mod record;
@@ -174,6 +175,10 @@ struct Inner {
     discovery: crate::discovery::Discovery,
     /// Set once the node has a session (see [`Engine::set_cluster_networks`]).
     cluster_networks: std::sync::RwLock<Option<Arc<dyn ClusterNetworks>>>,
+    /// Held from asking the cluster for an attachment until the record holds it, and while
+    /// telling the cluster which attachments the records hold: a sync never gives back an
+    /// address that is on its way into a record.
+    attach_gate: tokio::sync::Mutex<()>,
     shim: PathBuf,
     init: Option<PathBuf>,
     log_max_size: u64,
@@ -201,9 +206,16 @@ pub trait ClusterNetworks: Send + Sync + 'static {
         network: &'a str,
         container_id: &'a str,
         container_name: &'a str,
+        aliases: &'a [String],
     ) -> futures::future::BoxFuture<'a, std::result::Result<ClusterAttachment, String>>;
     /// Gives an attachment back.
     fn detach<'a>(&'a self, attachment_id: &'a str) -> futures::future::BoxFuture<'a, ()>;
+    /// Tells the cluster which attachments the node holds (`keep`); it gives back the node's
+    /// others. Returns how many it gave back.
+    fn sync(
+        &self,
+        keep: Vec<String>,
+    ) -> futures::future::BoxFuture<'_, std::result::Result<u32, String>>;
 }
 
 /// Counts of overlay attachments per VXLAN id.
@@ -410,6 +422,7 @@ impl Engine {
                 overlay,
                 overlay_use: OverlayUse::default(),
                 cluster_networks: std::sync::RwLock::new(None),
+                attach_gate: tokio::sync::Mutex::new(()),
                 discovery: crate::discovery::Discovery::new(
                     crate::discovery::Discovery::upstream_from_resolv_conf(
                         &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
@@ -559,6 +572,12 @@ impl Engine {
             && req.network.parse::<NetworkMode>().is_err()
             && !req.network.contains(':'))
         .then(|| req.network.clone());
+        let network_aliases = parse::network_aliases(&req.network_aliases)?;
+        if !network_aliases.is_empty() && cluster_network.is_none() {
+            return Err(EngineError::invalid(
+                "network-scoped aliases are supported only for containers on cluster networks (--network NAME)",
+            ));
+        }
         let network: NetworkMode = if req.network.is_empty() || cluster_network.is_some() {
             NetworkMode::Bridge
         } else {
@@ -644,7 +663,8 @@ impl Engine {
         spec::validate(&config).map_err(|e| EngineError::invalid(e.to_string()))?;
         let mut overlays = req.overlays;
         let mut network = network;
-        let mut network_attachment = None;
+        // Until the record is in the table (see `attach_gate`).
+        let mut gate = None;
         if let Some(net) = &cluster_network {
             if self.table().values().any(|e| e.record.name == name) {
                 return Err(EngineError::Conflict(format!(
@@ -656,8 +676,9 @@ impl Engine {
                     "network {net} not found: this node is not part of a cluster yet"
                 ))
             })?;
+            gate = Some(self.inner.attach_gate.lock().await);
             let a = cluster
-                .attach(net, &id, &name)
+                .attach(net, &id, &name, &network_aliases)
                 .await
                 .map_err(EngineError::invalid)?;
             if a.internal {
@@ -669,8 +690,11 @@ impl Engine {
                     "network {net} is internal: it has no way in or out, so -p cannot publish ports"
                 )));
             }
-            overlays.push(a.overlay);
-            network_attachment = Some(a.id);
+            overlays.push(OverlayRequest {
+                cluster_attachment: Some(a.id),
+                aliases: network_aliases.clone(),
+                ..a.overlay
+            });
         }
         let record = ContainerRecord {
             id: id.clone(),
@@ -699,7 +723,7 @@ impl Engine {
             labels: req.labels,
             overlays,
             overlay_attachments: Vec::new(),
-            network_attachment,
+            network_attachment: None,
         };
         {
             let mut table = self.table();
@@ -719,6 +743,7 @@ impl Engine {
                 },
             );
         }
+        drop(gate);
         if let Err(e) = self.prepare_dir(&record) {
             self.table().remove(&id);
             self.destroy_dir(&id);
@@ -1347,11 +1372,12 @@ impl Engine {
             let record: Option<ContainerRecord> = std::fs::read(dir.join("container.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let Some(record) = record else {
+            let Some(mut record) = record else {
                 tracing::warn!(id = %id, "removing a container directory without a record (interrupted create)");
                 self.destroy_dir(&id);
                 continue;
             };
+            record.migrate();
             if record.is_running() {
                 if shim::shim_alive(record.state.shim_pid, &id) {
                     running.push((id.clone(), record.state.shim_pid));
@@ -1415,16 +1441,49 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
     }
 
-    /// Gives a removed container's cluster address back, in the background.
-    fn give_back(&self, record: &ContainerRecord) {
-        let (Some(att), Some(cluster)) =
-            (record.network_attachment.clone(), self.cluster_networks())
-        else {
+    /// Tells the cluster which attachments the containers' records hold, so it gives back those
+    /// they do not (give-backs lost while the node had no session, or an agent stopped between
+    /// taking an address and recording it). Once per session.
+    pub async fn sync_cluster_attachments(&self) {
+        let Some(cluster) = self.cluster_networks() else {
             return;
         };
-        self.inner
-            .tasks
-            .spawn(async move { cluster.detach(&att).await });
+        let _gate = self.inner.attach_gate.lock().await;
+        let keep: Vec<String> = self
+            .table()
+            .values()
+            .flat_map(|e| e.record.overlays.iter())
+            .filter_map(|o| o.cluster_attachment.clone())
+            .collect();
+        match cluster.sync(keep).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(
+                    released,
+                    "the cluster gave back network addresses no container here holds"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the cluster which network addresses this node holds; next session will")
+            }
+        }
+    }
+
+    /// Gives a removed container's cluster addresses back, in the background.
+    fn give_back(&self, record: &ContainerRecord) {
+        let ids: Vec<String> = record
+            .overlays
+            .iter()
+            .filter_map(|o| o.cluster_attachment.clone())
+            .collect();
+        let Some(cluster) = self.cluster_networks().filter(|_| !ids.is_empty()) else {
+            return;
+        };
+        self.inner.tasks.spawn(async move {
+            for id in ids {
+                cluster.detach(&id).await;
+            }
+        });
     }
 
     fn cluster_networks(&self) -> Option<Arc<dyn ClusterNetworks>> {
@@ -1474,6 +1533,8 @@ pub struct CreateRequest {
     pub auto_remove: bool,
     pub stop_timeout: Option<u32>,
     pub labels: BTreeMap<String, String>,
+    /// `--network-alias`: more names on the cluster network `network` names.
+    pub network_aliases: Vec<String>,
     /// Overlay networks to join (service tasks); with network `none` they are its only
     /// interfaces (an internal network: no way out).
     pub overlays: Vec<OverlayRequest>,
@@ -1493,41 +1554,48 @@ fn write_etc_files(
         std::fs::write(&p, content).map_err(|e| EngineError::io("write", &p, e))
     };
     write("hostname", format!("{hostname}\n").as_bytes())?;
+    if *network == NetworkMode::Host {
+        let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
+        write("hosts", &hosts)?;
+    } else {
+        write_hosts(&dir.join("hosts"), hostname, &[])?;
+    }
+    write_resolv_conf(dir, network, embedded_dns)
+}
+
+/// Writes the container's `resolv.conf` in `dir`, in place (it is bind-mounted, so a running
+/// container sees the new one): the embedded resolver on overlay networks, the host's resolvers
+/// otherwise.
+fn write_resolv_conf(dir: &Path, network: &NetworkMode, embedded_dns: bool) -> Result<()> {
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let text = resolv_conf_text(&host_resolv, network, embedded_dns);
+    let p = dir.join("resolv.conf");
+    std::fs::write(&p, text).map_err(|e| EngineError::io("write", &p, e))
+}
+
+/// A container's `resolv.conf` made from the host's.
+fn resolv_conf_text(host_resolv: &str, network: &NetworkMode, embedded_dns: bool) -> String {
     match network {
-        NetworkMode::Host => {
-            let hosts = std::fs::read("/etc/hosts").unwrap_or_default();
-            write("hosts", &hosts)?;
-            write("resolv.conf", host_resolv.as_bytes())?;
-        }
+        NetworkMode::Host => host_resolv.to_string(),
         _ if embedded_dns => {
-            write_hosts(&dir.join("hosts"), hostname, &[])?;
             // Service names first, then the host's resolvers (the embedded resolver forwards).
             let search: String = host_resolv
                 .lines()
                 .filter(|l| l.trim_start().starts_with("search "))
                 .map(|l| format!("{}\n", l.trim()))
                 .collect();
-            write(
-                "resolv.conf",
-                format!("{search}nameserver {EMBEDDED_DNS}\noptions ndots:0\n").as_bytes(),
-            )?;
+            format!("{search}nameserver {EMBEDDED_DNS}\noptions ndots:0\n")
         }
-        _ => {
-            write_hosts(&dir.join("hosts"), hostname, &[])?;
-            // A nameserver on the host's loopback is unreachable from the container's namespace.
-            let filtered: String = host_resolv
-                .lines()
-                .filter(|l| {
-                    let l = l.trim();
-                    !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            write("resolv.conf", filtered.as_bytes())?;
-        }
+        // A nameserver on the host's loopback is unreachable from the container's namespace.
+        _ => host_resolv
+            .lines()
+            .filter(|l| {
+                let l = l.trim();
+                !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect(),
     }
-    Ok(())
 }
 
 /// Replaces `path` through a temporary file and a rename (readers never see half a file), without

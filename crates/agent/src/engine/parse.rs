@@ -177,6 +177,28 @@ pub fn check_name(name: &str) -> Result<(), EngineError> {
     }
 }
 
+/// `--alias` / `--network-alias` values: names the embedded DNS can answer (letters, digits,
+/// `_`, `.`, `-`; not starting with `.` or `-`; at most 253 characters), each once, in order.
+pub fn network_aliases(aliases: &[String]) -> Result<Vec<String>, EngineError> {
+    let mut out: Vec<String> = Vec::new();
+    for a in aliases {
+        let ok = !a.is_empty()
+            && a.len() <= 253
+            && !a.starts_with(['.', '-'])
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(EngineError::invalid(format!(
+                "invalid network alias {a:?}: use a DNS name (letters, digits, _ . -, not starting with . or -)"
+            )));
+        }
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(a)) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
 const ADJECTIVES: &[&str] = &[
     "admiring",
     "brave",
@@ -236,6 +258,19 @@ pub fn human_duration(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_aliases_are_dns_names_each_given_once() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            network_aliases(&v(&["db", "cache_1.local", "DB", "x-y"])).unwrap(),
+            v(&["db", "cache_1.local", "x-y"])
+        );
+        for bad in ["", "-db", ".db", "d b", "db/1", &"a".repeat(254)] {
+            let e = network_aliases(&v(&[bad])).unwrap_err().to_string();
+            assert!(e.contains("invalid network alias"), "{bad:?}: {e}");
+        }
+    }
 
     fn anon() -> String {
         "anon".into()

@@ -81,9 +81,10 @@ pub struct ContainerRecord {
     /// Its interfaces on those networks while it runs.
     #[serde(default)]
     pub overlay_attachments: Vec<OverlayAttachment>,
-    /// A standalone container on an attachable cluster network: the cluster's id of its address
-    /// (given back when the container is removed).
-    #[serde(default)]
+    /// Records written before `network connect`: the cluster's id of the address of a standalone
+    /// container's one cluster network. Read once (see [`ContainerRecord::migrate`]), never
+    /// written: that id now lives on the network's [`OverlayRequest`].
+    #[serde(default, skip_serializing)]
     pub network_attachment: Option<String>,
 }
 
@@ -100,6 +101,14 @@ pub struct OverlayRequest {
     /// This node's address (the VTEP) and the VXLAN port.
     pub local_ip: std::net::Ipv4Addr,
     pub port: u16,
+    /// A standalone container's attachable network (`run --network`, `network connect`): the
+    /// cluster's id of its address, given back when it leaves the network or is removed. `None`
+    /// for a service task's networks, which the cluster gives and takes with the task.
+    #[serde(default)]
+    pub cluster_attachment: Option<String>,
+    /// A standalone container's names on the network besides its own (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 impl OverlayRequest {
@@ -115,6 +124,41 @@ impl OverlayRequest {
 }
 
 impl ContainerRecord {
+    /// Moves a record of an older agent to this one's shape: the id of a standalone container's
+    /// cluster address goes to its network (the last one, which `run --network` added).
+    pub fn migrate(&mut self) {
+        if let Some(id) = self.network_attachment.take() {
+            if let Some(o) = self
+                .overlays
+                .iter_mut()
+                .rev()
+                .find(|o| o.cluster_attachment.is_none())
+            {
+                o.cluster_attachment = Some(id);
+            }
+        }
+    }
+
+    /// The overlay network `key` names among the container's (name, id, or unique id prefix).
+    pub fn overlay_index(&self, key: &str) -> Option<usize> {
+        if let Some(i) = self
+            .overlays
+            .iter()
+            .position(|o| o.network_id == key || o.name == key)
+        {
+            return Some(i);
+        }
+        let mut prefixed = self
+            .overlays
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !key.is_empty() && o.network_id.starts_with(key));
+        match (prefixed.next(), prefixed.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
     pub fn short_id(&self) -> &str {
         &self.id[..12.min(self.id.len())]
     }
@@ -158,6 +202,44 @@ impl ContainerRecord {
                 format!("{ip}:{}->{}/{proto}", p.host_port, p.container_port)
             })
             .collect()
+    }
+
+    /// `NetworkSettings.Networks` of `docker inspect`: the bridge (while running) and every
+    /// overlay network by name. An overlay address is the container's from the time it joins
+    /// (the cluster holds it); its MAC is known while it runs.
+    fn networks_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        if let Some(a) = self.attachment.as_ref().filter(|_| self.is_running()) {
+            out.insert(
+                "bridge".into(),
+                serde_json::json!({
+                    "NetworkID": "bridge",
+                    "IPAddress": a.ip.to_string(),
+                    "IPPrefixLen": a.prefix_len,
+                    "Gateway": a.gateway.to_string(),
+                    "MacAddress": a.mac,
+                }),
+            );
+        }
+        for o in &self.overlays {
+            let mac = self
+                .overlay_attachments
+                .iter()
+                .find(|a| a.vni == o.vni)
+                .map(|a| a.mac.clone())
+                .unwrap_or_default();
+            out.insert(
+                o.name.clone(),
+                serde_json::json!({
+                    "NetworkID": o.network_id,
+                    "IPAddress": o.ip.to_string(),
+                    "IPPrefixLen": o.subnet.prefix_len(),
+                    "MacAddress": mac,
+                    "Aliases": o.aliases,
+                }),
+            );
+        }
+        out
     }
 
     /// `docker inspect`'s shape, as far as rswarm knows the fields.
@@ -245,6 +327,7 @@ impl ContainerRecord {
                 "Gateway": att.map(|a| a.gateway.to_string()).unwrap_or_default(),
                 "MacAddress": att.map(|a| a.mac.clone()).unwrap_or_default(),
                 "Ports": self.port_texts(),
+                "Networks": self.networks_json(),
             },
             "Mounts": mounts,
         })

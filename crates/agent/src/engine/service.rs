@@ -235,6 +235,7 @@ pub fn create_request(spec: pb::ContainerSpec) -> CreateRequest {
         auto_remove: spec.auto_remove,
         stop_timeout: (spec.stop_timeout > 0).then_some(spec.stop_timeout),
         labels: spec.labels.into_iter().collect(),
+        network_aliases: spec.network_aliases,
         overlays: Vec::new(),
     }
 }
@@ -382,6 +383,24 @@ impl Containers for ContainersService {
             Err(e) => Err(Status::internal(format!("cannot read the logs: {e}"))),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn connect(
+        &self,
+        request: Request<pb::ConnectContainerRequest>,
+    ) -> Result<Response<pb::ConnectContainerResponse>, Status> {
+        let r = request.into_inner();
+        self.engine.connect(&r.id, &r.network, &r.aliases).await?;
+        Ok(Response::new(pb::ConnectContainerResponse {}))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<pb::DisconnectContainerRequest>,
+    ) -> Result<Response<pb::DisconnectContainerResponse>, Status> {
+        let r = request.into_inner();
+        self.engine.disconnect(&r.id, &r.network, r.force).await?;
+        Ok(Response::new(pb::DisconnectContainerResponse {}))
     }
 
     async fn wait(

@@ -222,6 +222,7 @@ pub fn create_request_with(
         auto_remove: false,
         stop_timeout: stop_timeout(spec.stop_grace_ms),
         labels,
+        network_aliases: Vec::new(),
         overlays: Vec::new(),
     })
 }
