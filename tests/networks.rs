@@ -638,10 +638,27 @@ fn standalone_containers_connect_and_disconnect() {
             "srv",
             "--network",
             "front",
+            "--network-alias",
+            "api",
             &image,
         ],
     );
     let srv_ip = addr_of(h2, "srv", "eth1");
+    let out = rs(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "x",
+            "--network-alias",
+            "x1",
+            &image,
+        ],
+    );
+    out.assert_failure("an alias without a cluster network");
+    assert!(out.stderr_lc().contains("aliases"), "{out}");
     ok(h1, &["container", "run", "-d", "--name", "cli", &image]);
     assert!(
         !has_link(h1, "cli", "eth1"),
@@ -682,7 +699,16 @@ fn standalone_containers_connect_and_disconnect() {
 
     // A running container joins at once: an address on front, reachable both ways, named in
     // the cluster's DNS, and its own resolver now the embedded one.
-    ok(h1, &["network", "connect", "front", "cli"]);
+    let out = rs(
+        h1,
+        &["network", "connect", "--alias", "bad alias", "front", "cli"],
+    );
+    out.assert_failure("connect with a bad alias");
+    assert!(out.stderr_lc().contains("invalid network alias"), "{out}");
+    ok(
+        h1,
+        &["network", "connect", "--alias", "probe", "front", "cli"],
+    );
     let cli_ip = addr_of(h1, "cli", "eth1");
     assert!(cli_ip.starts_with("10.61.0."), "cli on front: {cli_ip}");
     assert!(
@@ -696,16 +722,22 @@ fn standalone_containers_connect_and_disconnect() {
     lab.wait_until(
         Duration::from_secs(20),
         Duration::from_millis(200),
-        || resolves(h2, "srv", "cli").contains(&cli_ip),
-        "srv resolves cli",
+        || {
+            resolves(h2, "srv", "cli").contains(&cli_ip)
+                && resolves(h2, "srv", "probe").contains(&cli_ip)
+        },
+        "srv resolves cli and its alias",
     );
     let out = exec(
         h1,
         "cli",
-        "cat /etc/resolv.conf; nslookup srv; cat /etc/hosts",
+        "cat /etc/resolv.conf; nslookup srv; nslookup api; cat /etc/hosts",
     );
     assert!(out.stdout.contains("nameserver 127.0.0.11"), "{out}");
-    assert!(out.stdout.contains(&srv_ip), "cli resolves srv: {out}");
+    assert!(
+        out.stdout.matches(srv_ip.as_str()).count() >= 2,
+        "cli resolves srv and its alias: {out}"
+    );
     assert!(
         out.stdout.contains(&cli_ip),
         "cli's hosts lists its new address: {out}"
@@ -714,7 +746,25 @@ fn standalone_containers_connect_and_disconnect() {
         serde_json::from_str(&ok(h1, &["container", "inspect", "cli"])).expect("inspect json");
     let nets = &inspect[0]["NetworkSettings"]["Networks"];
     assert_eq!(nets["front"]["IPAddress"], cli_ip.as_str(), "{nets}");
+    assert_eq!(nets["front"]["Aliases"][0], "probe", "{nets}");
     assert!(nets["bridge"]["IPAddress"].is_string(), "{nets}");
+    // `network inspect` (on a manager, h1) lists its node's containers and every peer.
+    let cli_id = inspect[0]["Id"].as_str().expect("Id").to_string();
+    let front: Value =
+        serde_json::from_str(&ok(h1, &["network", "inspect", "front"])).expect("inspect json");
+    let here = &front[0]["Containers"];
+    assert_eq!(here.as_object().map(|m| m.len()), Some(1), "{here}");
+    assert_eq!(here[&cli_id]["Name"], "cli", "{here}");
+    assert_eq!(
+        here[&cli_id]["IPv4Address"],
+        format!("{cli_ip}/24").as_str(),
+        "{here}"
+    );
+    let peers = front[0]["Peers"].to_string();
+    assert!(
+        peers.contains("198.18.0.1") && peers.contains("198.18.0.2"),
+        "{peers}"
+    );
     let out = rs(h1, &["network", "connect", "front", "cli"]);
     out.assert_failure("connect twice");
     assert!(out.stderr_lc().contains("already exists"), "{out}");

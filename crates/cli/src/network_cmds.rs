@@ -5,7 +5,8 @@ use anyhow::{bail, Context};
 use rswarm_api::control::v1 as pb;
 use rswarm_api::control::v1::control_client::ControlClient;
 use rswarm_api::local::v1::containers_client::ContainersClient;
-use rswarm_api::local::v1::{ConnectContainerRequest, DisconnectContainerRequest};
+use rswarm_api::local::v1::local_client::LocalClient;
+use rswarm_api::local::v1::{ConnectContainerRequest, DisconnectContainerRequest, InfoRequest};
 use rswarm_api::types::v1::Network;
 use tonic::transport::Channel;
 
@@ -117,6 +118,13 @@ pub async fn network_command(
             verbose,
         } => {
             wants_json(&format)?;
+            // `Containers` are this node's (as Docker shows them); unknown without a node.
+            let local_node = LocalClient::new(channel.clone())
+                .info(InfoRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner().node_id)
+                .filter(|id| !id.is_empty());
             let mut found = Vec::new();
             let mut errors = Vec::new();
             for key in &networks {
@@ -127,7 +135,9 @@ pub async fn network_command(
                     .await
                 {
                     Ok(r) => match r.into_inner().network {
-                        Some(n) => found.push(out::inspect_json(&n, verbose)),
+                        Some(n) => {
+                            found.push(out::inspect_json(&n, verbose, local_node.as_deref()))
+                        }
                         None => errors.push(format!("the manager returned no network for {key}")),
                     },
                     Err(s) => errors.push(lookup_error(key, s).to_string()),

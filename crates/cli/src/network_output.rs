@@ -1,6 +1,8 @@
 //! `network ls` and `network inspect` as docker prints them for swarm overlay networks. Pure
 //! functions over API messages, unit-tested.
 
+use std::collections::HashMap;
+
 use rswarm_api::types::v1::{Network, NetworkSpec};
 use serde_json::{json, Map, Value};
 
@@ -123,9 +125,11 @@ pub fn ls_json_lines(networks: &[Network], no_trunc: bool) -> String {
         .collect()
 }
 
-/// `network inspect`: docker's shape for a swarm overlay network. `verbose` adds the services on
-/// the network (keyed by name, as `docker network inspect -v`) and rswarm's count of its tasks.
-pub fn inspect_json(n: &Network, verbose: bool) -> Value {
+/// `network inspect`: docker's shape for a swarm overlay network: `Containers` are the endpoints
+/// on node `local_node` (the one asked, as Docker shows its own), `Peers` every node with an
+/// endpoint. `verbose` adds the services on the network (keyed by name, as `docker network
+/// inspect -v`, each with its tasks) and rswarm's count of its tasks.
+pub fn inspect_json(n: &Network, verbose: bool, local_node: Option<&str>) -> Value {
     let sp = spec(n);
     let subnet = if n.subnet.is_empty() {
         &sp.subnet
@@ -175,9 +179,60 @@ pub fn inspect_json(n: &Network, verbose: bool) -> Value {
         "Options": options,
         "Labels": labels,
     });
+    let containers: Map<String, Value> = n
+        .endpoints
+        .iter()
+        .filter(|e| local_node == Some(e.node_id.as_str()))
+        .map(|e| {
+            let key = if e.container_id.is_empty() {
+                e.task_id.clone()
+            } else {
+                e.container_id.clone()
+            };
+            (
+                key,
+                json!({
+                    "Name": e.name,
+                    "EndpointID": e.task_id,
+                    "MacAddress": e.mac,
+                    "IPv4Address": e.addr,
+                    "IPv6Address": "",
+                }),
+            )
+        })
+        .collect();
+    v["Containers"] = Value::Object(containers);
+    v["Peers"] = n
+        .peers
+        .iter()
+        .map(|p| json!({ "Name": p.hostname, "IP": p.addr }))
+        .collect();
     if verbose {
-        let services: Map<String, Value> =
-            n.services.iter().map(|s| (s.clone(), json!({}))).collect();
+        let hosts: HashMap<&str, &str> = n
+            .peers
+            .iter()
+            .map(|p| (p.node_id.as_str(), p.addr.as_str()))
+            .collect();
+        let services: Map<String, Value> = n
+            .services
+            .iter()
+            .map(|s| {
+                let tasks: Vec<Value> = n
+                    .endpoints
+                    .iter()
+                    .filter(|e| &e.service == s)
+                    .map(|e| {
+                        json!({
+                            "Name": e.name,
+                            "EndpointID": e.task_id,
+                            "EndpointIP": e.addr.split('/').next().unwrap_or_default(),
+                            "Info": { "Host IP": hosts.get(e.node_id.as_str()).copied().unwrap_or_default() },
+                        })
+                    })
+                    .collect();
+                (s.clone(), json!({ "Tasks": tasks }))
+            })
+            .collect();
         v["Services"] = Value::Object(services);
         v["Tasks"] = json!(n.tasks);
     }
@@ -258,6 +313,69 @@ mod tests {
     }
 
     #[test]
+    fn inspect_shows_this_nodes_containers_every_peer_and_with_v_the_tasks() {
+        use rswarm_api::types::v1::{NetworkEndpoint, NetworkPeer};
+        let mut n = network("qd0ze2lg1wj1jq0jj0t4qnvn7", "web-net");
+        n.services = vec!["web".into()];
+        let ep = |task: &str, name: &str, container: &str, node: &str, ip: &str, svc: &str| {
+            NetworkEndpoint {
+                task_id: task.into(),
+                name: name.into(),
+                container_id: container.into(),
+                node_id: node.into(),
+                addr: format!("{ip}/24"),
+                mac: "02:42:0a:00:01:03".into(),
+                service: svc.into(),
+            }
+        };
+        n.endpoints = vec![
+            ep("t1", "web.1.t1", "c1", "n1", "10.0.1.3", "web"),
+            ep("t2", "web.2.t2", "", "n2", "10.0.1.4", "web"),
+            ep("a1", "probe", "c9", "n1", "10.0.1.9", ""),
+        ];
+        n.peers = vec![
+            NetworkPeer {
+                node_id: "n1".into(),
+                hostname: "h1".into(),
+                addr: "198.18.0.1".into(),
+            },
+            NetworkPeer {
+                node_id: "n2".into(),
+                hostname: "h2".into(),
+                addr: "198.18.0.2".into(),
+            },
+        ];
+        let v = inspect_json(&n, true, Some("n1"));
+        assert_eq!(
+            v["Containers"],
+            json!({
+                "c1": { "Name": "web.1.t1", "EndpointID": "t1", "MacAddress": "02:42:0a:00:01:03",
+                        "IPv4Address": "10.0.1.3/24", "IPv6Address": "" },
+                "c9": { "Name": "probe", "EndpointID": "a1", "MacAddress": "02:42:0a:00:01:03",
+                        "IPv4Address": "10.0.1.9/24", "IPv6Address": "" },
+            })
+        );
+        assert_eq!(
+            v["Peers"],
+            json!([{ "Name": "h1", "IP": "198.18.0.1" }, { "Name": "h2", "IP": "198.18.0.2" }])
+        );
+        assert_eq!(
+            v["Services"]["web"]["Tasks"],
+            json!([
+                { "Name": "web.1.t1", "EndpointID": "t1", "EndpointIP": "10.0.1.3",
+                  "Info": { "Host IP": "198.18.0.1" } },
+                { "Name": "web.2.t2", "EndpointID": "t2", "EndpointIP": "10.0.1.4",
+                  "Info": { "Host IP": "198.18.0.2" } },
+            ])
+        );
+        // Another node's view: its own containers only (a task whose container is not reported
+        // yet is keyed by its task id).
+        let v = inspect_json(&n, false, Some("n2"));
+        assert_eq!(v["Containers"]["t2"]["Name"], "web.2.t2");
+        assert_eq!(v["Containers"].as_object().unwrap().len(), 1);
+    }
+
+    #[test]
     fn inspect_json_has_dockers_shape() {
         let mut n = network("qd0ze2lg1wj1jq0jj0t4qnvn7", "web-net");
         {
@@ -268,7 +386,7 @@ mod tests {
         }
         n.services = vec!["web".into()];
         n.tasks = 3;
-        let v = inspect_json(&n, false);
+        let v = inspect_json(&n, false, None);
         assert_eq!(
             v,
             json!({
@@ -294,17 +412,19 @@ mod tests {
                     "com.docker.network.driver.mtu": "1400",
                 },
                 "Labels": { "team": "a" },
+                "Containers": {},
+                "Peers": [],
             })
         );
-        let verbose = inspect_json(&n, true);
-        assert_eq!(verbose["Services"], json!({ "web": {} }));
+        let verbose = inspect_json(&n, true, None);
+        assert_eq!(verbose["Services"], json!({ "web": { "Tasks": [] } }));
         assert_eq!(verbose["Tasks"], 3);
         // No MTU set: no MTU option; the spec's subnet when nothing was allocated yet.
         let mut bare = network("x", "y");
         bare.subnet.clear();
         bare.gateway.clear();
         bare.spec.as_mut().unwrap().subnet = "10.0.9.0/24".into();
-        let v = inspect_json(&bare, false);
+        let v = inspect_json(&bare, false, None);
         assert_eq!(v["IPAM"]["Config"], json!([{ "Subnet": "10.0.9.0/24" }]));
         assert_eq!(
             v["Options"],

@@ -394,6 +394,8 @@ pub fn network_to_pb(n: &Network, services: Vec<String>, tasks: u64) -> pb::Netw
         created_at: rfc3339_ms(n.meta.created_at_ms),
         services,
         tasks,
+        endpoints: Vec::new(),
+        peers: Vec::new(),
     }
 }
 

@@ -74,9 +74,70 @@ fn users(s: &StateMachine, n: &Network) -> (Vec<String>, u64) {
 
 fn to_pb(s: &StateMachine, n: &Network) -> pb::NetworkResponse {
     let (services, tasks) = users(s, n);
+    let (endpoints, peers) = endpoints(s, n);
     pb::NetworkResponse {
-        network: Some(network_to_pb(n, services, tasks)),
+        network: Some(rswarm_api::types::v1::Network {
+            endpoints,
+            peers,
+            ..network_to_pb(n, services, tasks)
+        }),
     }
+}
+
+/// The addresses held on `n` by placed tasks and standalone containers (by node, then name),
+/// and the nodes they are on (by hostname).
+fn endpoints(
+    s: &StateMachine,
+    n: &Network,
+) -> (
+    Vec<rswarm_api::types::v1::NetworkEndpoint>,
+    Vec<rswarm_api::types::v1::NetworkPeer>,
+) {
+    use rswarm_api::types::v1::{NetworkEndpoint, NetworkPeer};
+    let mut endpoints = Vec::new();
+    let mut nodes = std::collections::BTreeSet::new();
+    for t in s.list::<Task>() {
+        if t.node_id.is_empty() || !t.holds_addresses() {
+            continue;
+        }
+        let Some(a) = t.networks.iter().find(|a| a.network_id == n.id) else {
+            continue;
+        };
+        let service = if t.network_attachment {
+            String::new()
+        } else {
+            s.get::<Service>(&t.service_id)
+                .map(|svc| svc.spec.name.clone())
+                .unwrap_or_else(|| t.service_name.clone())
+        };
+        endpoints.push(NetworkEndpoint {
+            task_id: t.id.clone(),
+            // The container's name on its node (`web.1.<task id>` for a service's task).
+            name: if t.network_attachment {
+                t.name()
+            } else {
+                format!("{}.{}", t.name(), t.id)
+            },
+            container_id: t.status.container_id.clone(),
+            node_id: t.node_id.clone(),
+            addr: format!("{}/{}", a.addr, n.subnet.prefix_len),
+            mac: rswarm_network::mac_for_ip(a.addr),
+            service,
+        });
+        nodes.insert(t.node_id.as_str());
+    }
+    endpoints.sort_by(|a, b| (&a.node_id, &a.name).cmp(&(&b.node_id, &b.name)));
+    let mut peers: Vec<NetworkPeer> = nodes
+        .into_iter()
+        .filter_map(|id| s.get::<rswarm_store::Node>(id))
+        .map(|node| NetworkPeer {
+            node_id: node.id.clone(),
+            hostname: node.hostname.clone(),
+            addr: crate::netview::vtep_of(node).unwrap_or_else(|| node.addr.clone()),
+        })
+        .collect();
+    peers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    (endpoints, peers)
 }
 
 pub async fn create(
