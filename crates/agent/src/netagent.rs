@@ -274,15 +274,28 @@ pub async fn follow(
     loop {
         let request = NetworksRequest {
             session_id: session_id.clone(),
+            partial_tables: true,
         };
         match client.networks(request).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
+                // The stream's whole table so far (its first message is whole).
+                let mut whole: Option<NetworkTable> = None;
                 loop {
                     match stream.message().await {
                         Ok(Some(t)) => {
-                            tracing::debug!(networks = t.networks.len(), "network table");
-                            tables.send_replace(Some(Arc::new(t)));
+                            tracing::debug!(
+                                networks = t.networks.len(),
+                                partial = t.partial,
+                                gone = t.gone.len(),
+                                "network table"
+                            );
+                            let Some(next) = apply_table(whole.as_ref(), t) else {
+                                tracing::warn!(manager = %addr, "the networks stream began with a partial table; reopening");
+                                break;
+                            };
+                            tables.send_replace(Some(Arc::new(next.clone())));
+                            whole = Some(next);
                         }
                         Ok(None) => break,
                         Err(s) if s.code() == Code::NotFound => {
@@ -304,6 +317,31 @@ pub async fn follow(
         }
         tokio::time::sleep(STREAM_RETRY).await;
     }
+}
+
+/// The whole table after `change` (see `NetworkTable.partial`): `change` itself when it is
+/// whole; else `table` with the networks `change` carries put in (by id) and those it names
+/// gone taken out, in id order as the manager sends them. `None`: a partial change without a
+/// table to apply it to.
+pub fn apply_table(table: Option<&NetworkTable>, change: NetworkTable) -> Option<NetworkTable> {
+    if !change.partial {
+        return Some(change);
+    }
+    let table = table?;
+    let mut networks: Vec<NodeNetwork> = table
+        .networks
+        .iter()
+        .filter(|n| !change.gone.contains(&n.id) && !change.networks.iter().any(|c| c.id == n.id))
+        .cloned()
+        .collect();
+    networks.extend(change.networks);
+    networks.sort_by(|a, b| a.id.cmp(&b.id));
+    Some(NetworkTable {
+        networks,
+        data_path_port: change.data_path_port,
+        partial: false,
+        gone: Vec::new(),
+    })
 }
 
 /// The engine's way to the cluster for `container run --network NAME`: the node's current
@@ -423,6 +461,37 @@ impl ClusterNetworks for SessionNetworks {
 mod tests {
     use super::*;
     use rswarm_api::dispatcher::v1::Endpoint;
+
+    #[test]
+    fn partial_tables_apply_to_the_last_whole_one() {
+        let n = |id: &str, vni: u32| NodeNetwork {
+            id: id.into(),
+            vni,
+            ..NodeNetwork::default()
+        };
+        let whole = NetworkTable {
+            networks: vec![n("a", 1), n("b", 2), n("c", 3)],
+            data_path_port: 4789,
+            ..NetworkTable::default()
+        };
+        let change = |networks: Vec<NodeNetwork>, gone: &[&str]| NetworkTable {
+            networks,
+            data_path_port: 4789,
+            partial: true,
+            gone: gone.iter().map(|g| g.to_string()).collect(),
+        };
+        assert_eq!(apply_table(None, change(vec![n("a", 9)], &[])), None);
+        assert_eq!(apply_table(None, whole.clone()), Some(whole.clone()));
+        let t = apply_table(Some(&whole), change(vec![n("b", 20)], &["c"])).unwrap();
+        assert_eq!(t.networks, vec![n("a", 1), n("b", 20)]);
+        assert!(!t.partial && t.gone.is_empty());
+        let t = apply_table(Some(&t), change(vec![n("0", 7), n("d", 4)], &["x"])).unwrap();
+        let ids: Vec<&str> = t.networks.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["0", "a", "b", "d"]);
+        // A whole table replaces everything.
+        let t = apply_table(Some(&t), whole.clone()).unwrap();
+        assert_eq!(t, whole);
+    }
 
     #[test]
     fn peers_are_the_remote_endpoints() {

@@ -165,6 +165,7 @@ fn table(web2_gone: bool) -> NetworkTable {
             ..NodeNetwork::default()
         }],
         data_path_port: 4789,
+        ..NetworkTable::default()
     }
 }
 

@@ -328,6 +328,7 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<Self::NetworksStream>, Status> {
         let peer = self.auth.node(&req)?;
         let ended = self.sessions.of(&peer.node_id, &req.get_ref().session_id)?;
+        let partial = req.get_ref().partial_tables;
         // Subscribe before reading: no change can fall between the first table and the stream.
         let mut events = self.store.subscribe();
         let node_id = peer.node_id;
@@ -358,10 +359,11 @@ impl Dispatcher for DispatcherService {
                         let entries = view.entries(&node_id);
                         let port = view.data_path_port();
                         drop(view);
-                        if port == last_port && netview::same_entries(&entries, &last) {
+                        let Some(table) = netview::update(&last, last_port, &entries, port, partial)
+                        else {
                             continue;
-                        }
-                        if tx.send(Ok(netview::table(&entries, port))).await.is_err() {
+                        };
+                        if tx.send(Ok(table)).await.is_err() {
                             return;
                         }
                         (last, last_port) = (entries, port);

@@ -152,7 +152,48 @@ pub fn table(entries: &[Arc<pb::NodeNetwork>], data_path_port: u32) -> pb::Netwo
     pb::NetworkTable {
         networks: entries.iter().map(|e| (**e).clone()).collect(),
         data_path_port,
+        partial: false,
+        gone: Vec::new(),
     }
+}
+
+/// What a node whose last table held `last` (at VXLAN port `last_port`) is sent now that its
+/// entries are `entries` (at `port`): `None` when none of its networks changed. With `partial`
+/// (the agent applies partial tables) and the same port, only the entries that changed and the
+/// ids of the networks it left; its whole table otherwise. Entries of views made one
+/// [`after`](NetView::after) the other differ by pointer exactly where they differ by value.
+pub fn update(
+    last: &[Arc<pb::NodeNetwork>],
+    last_port: u32,
+    entries: &[Arc<pb::NodeNetwork>],
+    port: u32,
+    partial: bool,
+) -> Option<pb::NetworkTable> {
+    if port == last_port && same_entries(entries, last) {
+        return None;
+    }
+    if !partial || port != last_port {
+        return Some(table(entries, port));
+    }
+    let before: HashMap<&str, &Arc<pb::NodeNetwork>> =
+        last.iter().map(|e| (e.id.as_str(), e)).collect();
+    let networks: Vec<pb::NodeNetwork> = entries
+        .iter()
+        .filter(|e| !before.get(e.id.as_str()).is_some_and(|b| Arc::ptr_eq(b, e)))
+        .map(|e| (**e).clone())
+        .collect();
+    let now: std::collections::HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let gone: Vec<String> = last
+        .iter()
+        .filter(|e| !now.contains(e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect();
+    Some(pb::NetworkTable {
+        networks,
+        data_path_port: port,
+        partial: true,
+        gone,
+    })
 }
 
 /// Whether two lists of entries are the same shared entries: entries of views made one
@@ -264,6 +305,7 @@ pub fn scan_node_table(s: &StateMachine, node_id: &str) -> pb::NetworkTable {
     pb::NetworkTable {
         networks,
         data_path_port: port.into(),
+        ..pb::NetworkTable::default()
     }
 }
 
@@ -525,6 +567,54 @@ mod tests {
             );
             assert_eq!(after.node_table(n), scan_node_table(&s, n), "{n}");
         }
+    }
+
+    #[test]
+    fn partial_updates_carry_only_the_changed_networks_and_rebuild_the_whole_table() {
+        use rswarm_agent::netagent::apply_table;
+        let mut s = mixed_state();
+        let before = NetView::of(&s);
+        let port = before.data_path_port();
+        // t02 (n3, network c) stops running.
+        let mut t = s.get::<Task>("t02").unwrap().clone();
+        t.status.state = TaskState::Failed;
+        s.apply(2, &Txn::new(vec![Txn::update(t)])).unwrap();
+        let after = NetView::after(&s, Some(&before));
+        for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
+            let (last, now) = (before.entries(n), after.entries(n));
+            let on_c = now.iter().any(|e| e.id == "c");
+            let whole = update(&last, port, &now, port, false);
+            let partial = update(&last, port, &now, port, true);
+            if !on_c {
+                assert_eq!((whole, partial), (None, None), "{n}");
+                continue;
+            }
+            assert_eq!(whole, Some(table(&now, port)), "{n}");
+            let partial = partial.unwrap();
+            assert!(partial.partial && partial.gone.is_empty(), "{n}");
+            let ids: Vec<&str> = partial.networks.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["c"], "{n}");
+            // The agent's merge gives back what a scan gives.
+            let merged = apply_table(Some(&table(&last, port)), partial).unwrap();
+            assert_eq!(merged, scan_node_table(&s, n), "{n}");
+        }
+        // Networks a node joins come whole, those it leaves by id; a new port sends all.
+        let e = |id: &str| {
+            Arc::new(pb::NodeNetwork {
+                id: id.into(),
+                ..pb::NodeNetwork::default()
+            })
+        };
+        let (a, b, c) = (e("a"), e("b"), e("c"));
+        let last = vec![a.clone(), b.clone()];
+        let now = vec![a.clone(), c.clone()];
+        let u = update(&last, port, &now, port, true).unwrap();
+        assert_eq!(u.networks, vec![(*c).clone()]);
+        assert_eq!(u.gone, ["b"]);
+        assert_eq!(u.data_path_port, port);
+        let u = update(&last, port, &last, port + 1, true).unwrap();
+        assert!(!u.partial && u.networks.len() == 2, "{u:?}");
+        assert_eq!(update(&last, port, &last.clone(), port, true), None);
     }
 
     #[test]

@@ -364,6 +364,7 @@ mod tests {
                 ..NodeNetwork::default()
             }],
             data_path_port: 0,
+            ..NetworkTable::default()
         }
     }
 

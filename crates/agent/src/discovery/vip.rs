@@ -140,6 +140,7 @@ mod tests {
                 ..NodeNetwork::default()
             }],
             data_path_port: 0,
+            ..NetworkTable::default()
         }
     }
 

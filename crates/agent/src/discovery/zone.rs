@@ -210,6 +210,7 @@ pub(crate) mod tests {
                 },
             ],
             data_path_port: 4789,
+            ..NetworkTable::default()
         }
     }
 
