@@ -338,6 +338,68 @@ fn exercise(name: &str, docker_host: bool) {
         "30 connections to the VIP reached one task only: {seen:?}"
     );
 
+    // dnsrr: the name gives the running tasks' addresses, no VIP; host-mode published ports
+    // work with it, as in Docker.
+    ok(
+        h1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "rr",
+            "--mode",
+            "global",
+            "--network",
+            "appnet",
+            "--endpoint-mode",
+            "dnsrr",
+            "-p",
+            "mode=host,published=18080,target=80",
+            &image,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    );
+    lab.wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || tasks(&lab, "rr").len() == 3,
+        "3 rr tasks running",
+    );
+    let mut rr_ips: Vec<String> = tasks(&lab, "rr")
+        .iter()
+        .map(|(h, n)| addr_of(lab.host(*h), n, "eth1"))
+        .collect();
+    rr_ips.sort();
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let mut got = look("rr");
+            got.sort();
+            got == rr_ips
+        },
+        "rr resolves to its 3 tasks",
+    );
+    for h in lab.hosts() {
+        let url = format!("http://{}:18080/cgi-bin/ip", h.ip);
+        let out = h1.run(
+            "curl",
+            &["-sS", "--max-time", "5", &url],
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.stdout.contains("client="),
+            "rr's port on h{}: {out}",
+            h.index
+        );
+    }
+    ok(h1, &["service", "rm", "rr"]);
+
     // Networks are isolated: b (othernet, h2) and a's tasks cannot reach each other.
     let (bh, bn) = tasks(&lab, "b").remove(0);
     let b_ip = addr_of(lab.host(bh), &bn, "eth1");

@@ -280,7 +280,7 @@ pub async fn follow(
             Ok(response) => {
                 let mut stream = response.into_inner();
                 // The stream's whole table so far (its first message is whole).
-                let mut whole: Option<NetworkTable> = None;
+                let mut whole: Option<Arc<NetworkTable>> = None;
                 loop {
                     match stream.message().await {
                         Ok(Some(t)) => {
@@ -290,11 +290,12 @@ pub async fn follow(
                                 gone = t.gone.len(),
                                 "network table"
                             );
-                            let Some(next) = apply_table(whole.as_ref(), t) else {
+                            let Some(next) = apply_table(whole.as_deref(), t) else {
                                 tracing::warn!(manager = %addr, "the networks stream began with a partial table; reopening");
                                 break;
                             };
-                            tables.send_replace(Some(Arc::new(next.clone())));
+                            let next = Arc::new(next);
+                            tables.send_replace(Some(next.clone()));
                             whole = Some(next);
                         }
                         Ok(None) => break,
@@ -437,22 +438,17 @@ impl ClusterNetworks for SessionNetworks {
         })
     }
 
-    fn detach<'a>(&'a self, attachment_id: &'a str) -> BoxFuture<'a, ()> {
+    fn detach<'a>(&'a self, attachment_id: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let result = match self.client() {
-                Ok((mut client, session_id)) => client
-                    .detach_network(DetachNetworkRequest {
-                        session_id,
-                        attachment_id: attachment_id.to_string(),
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| s.message().to_string()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::warn!(attachment = attachment_id, error = %e, "cannot give a network address back; the cluster takes it back at the node's next session");
-            }
+            let (mut client, session_id) = self.client()?;
+            client
+                .detach_network(DetachNetworkRequest {
+                    session_id,
+                    attachment_id: attachment_id.to_string(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
         })
     }
 }

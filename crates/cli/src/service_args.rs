@@ -1091,25 +1091,7 @@ pub fn create_spec(
         task_mut(&mut spec).networks.push(n.clone());
     }
     apply_task_flags(&mut spec, &a.task)?;
-    check_endpoint_mode(&spec)?;
     Ok(spec)
-}
-
-/// Docker refuses published ports with DNS round robin ("port published with ingress mode can't
-/// be used with dnsrr mode").
-fn check_endpoint_mode(spec: &ServiceSpec) -> anyhow::Result<()> {
-    if spec.endpoint_mode == "dnsrr" && !spec.ports.is_empty() {
-        let ports: Vec<String> = spec
-            .ports
-            .iter()
-            .map(crate::service_output::port_text)
-            .collect();
-        bail!(
-            "published ports ({}) can't be used with endpoint mode dnsrr (docker: \"port published with ingress mode can't be used with dnsrr mode\"): use --endpoint-mode vip, or publish no ports",
-            ports.join(", ")
-        );
-    }
-    Ok(())
 }
 
 /// `--network-rm` then `--network-add` applied to a task's networks (Docker's order, so a network
@@ -1278,7 +1260,6 @@ pub fn apply_update(
         t.force_update = t.force_update.wrapping_add(1);
     }
     apply_task_flags(spec, &a.task)?;
-    check_endpoint_mode(spec)?;
     Ok(())
 }
 
@@ -1824,24 +1805,13 @@ mod tests {
         );
         let e = format!("{:#}", create_line("--endpoint-mode rr nginx").unwrap_err());
         assert!(e.contains("invalid endpoint mode \"rr\""), "{e}");
-        let e = format!(
-            "{:#}",
-            create_line("--endpoint-mode dnsrr -p 8080:80 nginx").unwrap_err()
-        );
-        assert!(e.contains("can't be used with endpoint mode dnsrr"), "{e}");
-        assert!(e.contains("*:8080->80/tcp"), "{e}");
-        // Update: checked against the resulting spec.
+        // Published ports are host-mode, which Docker takes with dnsrr too.
+        let s = create_line("--endpoint-mode dnsrr -p mode=host,published=8080,target=80 nginx")
+            .unwrap();
+        assert_eq!((s.endpoint_mode.as_str(), s.ports.len()), ("dnsrr", 1));
         let mut s = create_line("-p 8080:80 nginx").unwrap();
-        assert!(update(&mut s, &["--endpoint-mode", "dnsrr"]).is_err());
-        update(&mut s, &["--endpoint-mode", "dnsrr", "--publish-rm", "80"]).unwrap();
-        assert_eq!(s.endpoint_mode, "dnsrr");
-        assert!(update(&mut s, &["--publish-add", "9090:90"]).is_err());
-        update(
-            &mut s,
-            &["--endpoint-mode", "vip", "--publish-add", "9090:90"],
-        )
-        .unwrap();
-        assert_eq!((s.endpoint_mode.as_str(), s.ports.len()), ("vip", 1));
+        update(&mut s, &["--endpoint-mode", "dnsrr"]).unwrap();
+        assert_eq!((s.endpoint_mode.as_str(), s.ports.len()), ("dnsrr", 1));
     }
 
     fn known_network(id: &str, name: &str) -> Network {

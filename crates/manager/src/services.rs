@@ -3,8 +3,8 @@
 
 use rswarm_api::control::v1 as pb;
 use rswarm_store::{
-    EndpointMode, Node, Service, ServiceMode, ServiceSpec, StateMachine, Store, StoreError, Task,
-    TaskState, Txn, UpdateState, UpdateStatus,
+    Node, Service, ServiceMode, ServiceSpec, StateMachine, Store, StoreError, Task, TaskState, Txn,
+    UpdateState, UpdateStatus,
 };
 use tonic::Status;
 
@@ -212,12 +212,9 @@ pub async fn update(
 /// every network has room for its tasks. `old`: the stored service on update (its VIPs are kept,
 /// and a spec whose networks did not change is not re-checked for room).
 fn with_networks(s: &StateMachine, svc: &mut Service, old: Option<&Service>) -> Result<(), Status> {
+    // Docker refuses dnsrr with ingress-mode ports only: every published port here is
+    // host-mode (published on the node that runs the task), which dnsrr takes as in Docker.
     crate::networks::resolve_networks(s, &mut svc.spec)?;
-    if svc.spec.endpoint_mode == EndpointMode::Dnsrr && !svc.spec.ports.is_empty() {
-        return Err(Status::invalid_argument(
-            "published ports cannot be used with endpoint mode dnsrr (Docker's ingress rule); use --endpoint-mode vip",
-        ));
-    }
     if let Some(old) = old {
         if old.spec.task.networks == svc.spec.task.networks
             && old.spec.endpoint_mode == svc.spec.endpoint_mode

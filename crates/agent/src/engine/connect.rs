@@ -100,14 +100,14 @@ impl Engine {
             ..a.overlay
         };
         if let Some(why) = join_refusal(&record, &overlay, a.internal) {
-            cluster.detach(&a.id).await;
+            self.give_back_ids(vec![a.id]);
             return Err(EngineError::Conflict(why));
         }
         let plugged = if record.is_running() {
             match self.plug(&record, &overlay).await {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    cluster.detach(&a.id).await;
+                    self.give_back_ids(vec![a.id]);
                     return Err(e);
                 }
             }
@@ -148,15 +148,13 @@ impl Engine {
             )));
         };
         if record.is_running() {
-            self.unplug(&record, &overlay).await?;
+            self.unplug(&record, &overlay).await;
         }
         self.update(&id, |r| {
             r.overlays.retain(|o| o.network_id != overlay.network_id);
             r.overlay_attachments.retain(|a| a.vni != overlay.vni);
         })?;
-        if let Some(cluster) = self.cluster_networks() {
-            cluster.detach(&cluster_id).await;
-        }
+        self.give_back_ids(vec![cluster_id]);
         tracing::info!(id = %record.short_id(), network = %overlay.name, "container disconnected from a network");
         Ok(())
     }
@@ -220,8 +218,9 @@ impl Engine {
     }
 
     /// Takes running container `record` off `overlay`: its DNS first (so nothing answers with a
-    /// name it leaves), then the interface, then the address in its `hosts`.
-    async fn unplug(&self, record: &ContainerRecord, overlay: &OverlayRequest) -> Result<()> {
+    /// name it leaves), then the interface, then the address in its `hosts`. Nothing here can
+    /// stop the network from going: what fails is logged.
+    async fn unplug(&self, record: &ContainerRecord, overlay: &OverlayRequest) {
         let dir = self.dir(&record.id);
         let netns = dir.join("netns");
         let rest: Vec<OverlayRequest> = record
@@ -237,7 +236,9 @@ impl Engine {
             .cloned()
             .partition(|a| a.vni == overlay.vni);
         self.detach_overlays(&record.id, &gone).await;
-        self.rewrite_etc(record, &dir, &kept)
+        if let Err(e) = self.rewrite_etc(record, &dir, &kept) {
+            tracing::warn!(id = %record.short_id(), error = %e, "cannot rewrite the hosts and resolv.conf of a container leaving a network");
+        }
     }
 
     /// Serves the embedded DNS to running container `record` over `overlays` (stops it when

@@ -140,6 +140,8 @@ const DEFAULT_INIT: &str = "/usr/bin/tini-static";
 const DEFAULT_LOG_MAX_SIZE: u64 = 10 << 20;
 const DEFAULT_LOG_MAX_FILES: u32 = 3;
 const DEFAULT_STOP_TIMEOUT: u32 = 10;
+/// How long after a failed give-back the engine syncs its addresses with the cluster.
+const GIVE_BACK_RETRY: Duration = Duration::from_secs(5);
 
 /// How a container's life ended, for waiters.
 #[derive(Clone, Debug, Default)]
@@ -208,8 +210,11 @@ pub trait ClusterNetworks: Send + Sync + 'static {
         container_name: &'a str,
         aliases: &'a [String],
     ) -> futures::future::BoxFuture<'a, std::result::Result<ClusterAttachment, String>>;
-    /// Gives an attachment back.
-    fn detach<'a>(&'a self, attachment_id: &'a str) -> futures::future::BoxFuture<'a, ()>;
+    /// Gives an attachment back (unknown attachments are fine).
+    fn detach<'a>(
+        &'a self,
+        attachment_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<(), String>>;
     /// Tells the cluster which attachments the node holds (`keep`); it gives back the node's
     /// others. Returns how many it gave back.
     fn sync(
@@ -685,7 +690,7 @@ impl Engine {
                 network = NetworkMode::None;
             }
             if !ports.is_empty() && a.internal {
-                cluster.detach(&a.id).await;
+                self.give_back_ids(vec![a.id]);
                 return Err(EngineError::invalid(format!(
                     "network {net} is internal: it has no way in or out, so -p cannot publish ports"
                 )));
@@ -1471,17 +1476,36 @@ impl Engine {
 
     /// Gives a removed container's cluster addresses back, in the background.
     fn give_back(&self, record: &ContainerRecord) {
-        let ids: Vec<String> = record
-            .overlays
-            .iter()
-            .filter_map(|o| o.cluster_attachment.clone())
-            .collect();
+        self.give_back_ids(
+            record
+                .overlays
+                .iter()
+                .filter_map(|o| o.cluster_attachment.clone())
+                .collect(),
+        );
+    }
+
+    /// Gives cluster addresses back, in the background. Those that cannot be given back now (no
+    /// session, a manager's error) are made good by a sync [`GIVE_BACK_RETRY`] later, or else
+    /// by the next session's.
+    pub(crate) fn give_back_ids(&self, ids: Vec<String>) {
         let Some(cluster) = self.cluster_networks().filter(|_| !ids.is_empty()) else {
             return;
         };
+        let engine = self.clone();
         self.inner.tasks.spawn(async move {
+            let mut failed = false;
             for id in ids {
-                cluster.detach(&id).await;
+                if let Err(e) = cluster.detach(&id).await {
+                    tracing::warn!(attachment = %id, error = %e, "cannot give a network address back now; the node syncs its addresses with the cluster shortly and at its next session");
+                    failed = true;
+                }
+            }
+            if failed {
+                tokio::select! {
+                    () = tokio::time::sleep(GIVE_BACK_RETRY) => engine.sync_cluster_attachments().await,
+                    () = engine.inner.cancel.cancelled() => {}
+                }
             }
         });
     }
