@@ -96,7 +96,6 @@ impl Engine {
             .map_err(EngineError::invalid)?;
         let overlay = OverlayRequest {
             cluster_attachment: Some(a.id.clone()),
-            aliases,
             ..a.overlay
         };
         if let Some(why) = join_refusal(&record, &overlay, a.internal) {

@@ -202,7 +202,8 @@ pub struct ClusterAttachment {
 
 /// How the engine reaches the cluster for `container run --network NAME` (the node's session).
 pub trait ClusterNetworks: Send + Sync + 'static {
-    /// An address on attachable network `network` for the container.
+    /// An address on attachable network `network` for the container, which also answers to
+    /// `aliases` there (the returned overlay carries them).
     fn attach<'a>(
         &'a self,
         network: &'a str,
@@ -697,7 +698,6 @@ impl Engine {
             }
             overlays.push(OverlayRequest {
                 cluster_attachment: Some(a.id),
-                aliases: network_aliases.clone(),
                 ..a.overlay
             });
         }
