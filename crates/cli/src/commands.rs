@@ -328,8 +328,8 @@ fn json(v: &serde_json::Value) -> String {
     format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
-/// This node's id, when the host is its local socket (to mark it with `*`).
-async fn self_id(channel: &Channel) -> String {
+/// This node's id, when the host is its local socket (to mark it with `*`); empty otherwise.
+pub(crate) async fn self_id(channel: &Channel) -> String {
     LocalClient::new(channel.clone())
         .info(InfoRequest {})
         .await

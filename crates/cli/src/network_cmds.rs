@@ -5,8 +5,7 @@ use anyhow::{bail, Context};
 use rswarm_api::control::v1 as pb;
 use rswarm_api::control::v1::control_client::ControlClient;
 use rswarm_api::local::v1::containers_client::ContainersClient;
-use rswarm_api::local::v1::local_client::LocalClient;
-use rswarm_api::local::v1::{ConnectContainerRequest, DisconnectContainerRequest, InfoRequest};
+use rswarm_api::local::v1::{ConnectContainerRequest, DisconnectContainerRequest};
 use rswarm_api::types::v1::Network;
 use tonic::transport::Channel;
 
@@ -119,12 +118,8 @@ pub async fn network_command(
         } => {
             wants_json(&format)?;
             // `Containers` are this node's (as Docker shows them); unknown without a node.
-            let local_node = LocalClient::new(channel.clone())
-                .info(InfoRequest {})
-                .await
-                .ok()
-                .map(|r| r.into_inner().node_id)
-                .filter(|id| !id.is_empty());
+            let me = crate::commands::self_id(&channel).await;
+            let local_node = (!me.is_empty()).then_some(me);
             let mut found = Vec::new();
             let mut errors = Vec::new();
             for key in &networks {
