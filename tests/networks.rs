@@ -831,11 +831,56 @@ fn standalone_containers_connect_and_disconnect() {
     out.assert_failure("connect twice");
     assert!(out.stderr_lc().contains("already exists"), "{out}");
 
-    // A second network takes the next interface; leaving the first takes its interface, address
-    // and name away at once and keeps the second.
-    ok(h1, &["network", "connect", "back", "cli"]);
+    // A second network takes the next interface, at the address asked for (`--ip`, on a
+    // network with a --subnet: not its gateway, not one in use); leaving the first takes its
+    // interface, address and name away at once and keeps the second.
+    let out = rs(
+        h1,
+        &["network", "connect", "--ip", "10.62.0.1", "back", "cli"],
+    );
+    out.assert_failure("connect at the gateway's address");
+    assert!(out.stderr_lc().contains("choose another --ip"), "{out}");
+    ok(
+        h1,
+        &["network", "connect", "--ip", "10.62.0.77", "back", "cli"],
+    );
     let back_ip = addr_of(h1, "cli", "eth2");
-    assert!(back_ip.starts_with("10.62.0."), "cli on back: {back_ip}");
+    assert_eq!(
+        back_ip, "10.62.0.77",
+        "cli on back at the address asked for"
+    );
+    let out = rs(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "y1",
+            "--network",
+            "back",
+            "--ip",
+            "10.62.0.77",
+            &image,
+        ],
+    );
+    out.assert_failure("run at an address in use");
+    assert!(out.stderr_lc().contains("already in use"), "{out}");
+    let out = rs(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "y2",
+            "--ip",
+            "10.62.0.78",
+            &image,
+        ],
+    );
+    out.assert_failure("--ip without a cluster network");
+    assert!(out.stderr_lc().contains("cluster networks only"), "{out}");
     ok(h1, &["network", "disconnect", "front", "cli"]);
     assert!(!has_link(h1, "cli", "eth1"), "front's interface is gone");
     assert_eq!(addr_of(h1, "cli", "eth2"), back_ip, "back stays");

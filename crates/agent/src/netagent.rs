@@ -393,6 +393,7 @@ impl ClusterNetworks for SessionNetworks {
         container_id: &'a str,
         container_name: &'a str,
         aliases: &'a [String],
+        ip: Option<Ipv4Addr>,
     ) -> BoxFuture<'a, Result<ClusterAttachment, String>> {
         Box::pin(async move {
             let local_ip = self.local_ip.ok_or_else(|| {
@@ -407,6 +408,7 @@ impl ClusterNetworks for SessionNetworks {
                     container_id: container_id.to_string(),
                     container_name: container_name.to_string(),
                     aliases: aliases.to_vec(),
+                    ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| s.message().to_string())?

@@ -210,6 +210,9 @@ pub struct RunArgs {
     /// Another name for the container on its cluster network (repeatable).
     #[arg(long = "network-alias", alias = "net-alias", value_name = "ALIAS")]
     pub network_alias: Vec<String>,
+    /// Its IPv4 address on its cluster network (one created with --subnet).
+    #[arg(long = "ip", value_name = "IPV4")]
+    pub ip: Option<String>,
     /// Overwrite the default ENTRYPOINT of the image ("" clears it).
     #[arg(long, allow_hyphen_values = true)]
     pub entrypoint: Option<String>,

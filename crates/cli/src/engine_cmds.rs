@@ -414,6 +414,7 @@ pub fn container_spec(args: &RunArgs) -> anyhow::Result<pb::ContainerSpec> {
         tmpfs: args.tmpfs.clone(),
         network: args.network.clone(),
         network_aliases: args.network_alias.clone(),
+        ip: args.ip.clone().unwrap_or_default(),
         memory: args
             .memory
             .as_deref()

@@ -63,6 +63,9 @@ pub enum NetworkCommand {
         /// Another name for the container on the network (repeatable).
         #[arg(long = "alias", value_name = "ALIAS")]
         aliases: Vec<String>,
+        /// Its IPv4 address there (the network must have been created with --subnet).
+        #[arg(long = "ip", value_name = "IPV4")]
+        ip: Option<String>,
         #[arg(value_name = "NETWORK")]
         network: String,
         #[arg(value_name = "CONTAINER")]

@@ -167,6 +167,7 @@ pub async fn network_command(
         // Containers are the node's own: its daemon plugs them in.
         NetworkCommand::Connect {
             aliases,
+            ip,
             network,
             container,
         } => {
@@ -175,6 +176,7 @@ pub async fn network_command(
                     id: container,
                     network,
                     aliases,
+                    ip: ip.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?;

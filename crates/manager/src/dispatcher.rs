@@ -384,6 +384,12 @@ impl Dispatcher for DispatcherService {
         let network_id = self
             .store
             .read(|s| crate::networks::find_network(s, &r.network).map(|n| n.id.clone()))?;
+        let ip = match r.ip.as_str() {
+            "" => None,
+            ip => Some(ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                Status::invalid_argument(format!("invalid IPv4 address {ip:?} for --ip"))
+            })?),
+        };
         let id = new_id();
         let mut refused = None;
         self.store
@@ -401,6 +407,7 @@ impl Dispatcher for DispatcherService {
                     container_id: &r.container_id,
                     container_name: &r.container_name,
                     aliases: &r.aliases,
+                    ip,
                 };
                 match rswarm_orchestrator::attachment_task(s, network, who, id.clone(), now_ms()) {
                     Ok(t) => Ok(vec![rswarm_store::Txn::create(t)]),

@@ -40,6 +40,16 @@ pub enum AllocError {
     VniExhausted,
     #[error("network {0} is not attachable: standalone containers may join only networks created with --attachable")]
     NotAttachable(String),
+    #[error("user specified IP address is supported only when connecting to networks with user configured subnets: network {0} has none")]
+    IpWithoutSubnet(String),
+    #[error("address {ip} is not a host address of network {network} ({subnet}) or is its gateway: choose another --ip")]
+    IpOutsideSubnet {
+        ip: Ipv4Addr,
+        network: String,
+        subnet: Subnet,
+    },
+    #[error("address {ip} is already in use on network {network}: choose another --ip")]
+    IpInUse { ip: Ipv4Addr, network: String },
     #[error("network {network} ({subnet}) has {free} free addresses, {needed} needed: create the service on a larger network")]
     NetworkFull {
         network: String,
@@ -269,6 +279,8 @@ pub struct StandaloneContainer<'a> {
     pub container_name: &'a str,
     /// More names it answers to on the network.
     pub aliases: &'a [String],
+    /// The address it asks for (`--ip`); `None`: the lowest free one.
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// A network attachment for a standalone container on an attachable network: a task that is
@@ -284,14 +296,36 @@ pub fn attachment_task(
     if !network.spec.attachable {
         return Err(AllocError::NotAttachable(network.spec.name.clone()));
     }
-    let addr = Addresses::new(state)
-        .take(network)
-        .ok_or_else(|| AllocError::NetworkFull {
-            network: network.spec.name.clone(),
-            subnet: network.subnet,
-            free: 0,
-            needed: 1,
-        })?;
+    let addr = match container.ip {
+        Some(ip) => {
+            let name = || network.spec.name.clone();
+            if network.spec.subnet.is_none() {
+                return Err(AllocError::IpWithoutSubnet(name()));
+            }
+            if !network.subnet.is_host(ip) || ip == network.gateway {
+                return Err(AllocError::IpOutsideSubnet {
+                    ip,
+                    network: name(),
+                    subnet: network.subnet,
+                });
+            }
+            if state.address_holder(&network.id, ip).is_some() {
+                return Err(AllocError::IpInUse {
+                    ip,
+                    network: name(),
+                });
+            }
+            ip
+        }
+        None => Addresses::new(state)
+            .take(network)
+            .ok_or_else(|| AllocError::NetworkFull {
+                network: network.spec.name.clone(),
+                subnet: network.subnet,
+                free: 0,
+                needed: 1,
+            })?,
+    };
     Ok(Task {
         id,
         service_name: container.container_name.to_string(),
@@ -592,6 +626,7 @@ mod tests {
             container_id: "c1",
             container_name: "web",
             aliases: &aliases,
+            ip: None,
         };
         let err = attachment_task(&sm, &n, who(), "a1".into(), 1).unwrap_err();
         assert!(err.to_string().contains("not attachable"), "{err}");
@@ -605,6 +640,39 @@ mod tests {
     }
 
     #[test]
+    fn a_standalone_container_gets_the_address_it_asks_for_when_free() {
+        let mut n = net("n", "10.0.0.0/24", 4096);
+        n.spec.attachable = true;
+        let asking = |ip: &str| StandaloneContainer {
+            node_id: "node1",
+            container_id: "c1",
+            container_name: "web",
+            aliases: &[],
+            ip: Some(ip.parse().unwrap()),
+        };
+        let sm = state_with(vec![Object::Network(n.clone())]);
+        let err = attachment_task(&sm, &n, asking("10.0.0.9"), "a1".into(), 1).unwrap_err();
+        assert!(matches!(err, AllocError::IpWithoutSubnet(_)), "{err}");
+        n.spec.subnet = Some(n.subnet);
+        let sm = state_with(vec![Object::Network(n.clone())]);
+        let t = attachment_task(&sm, &n, asking("10.0.0.9"), "a1".into(), 1).unwrap();
+        assert_eq!(t.networks[0].addr.to_string(), "10.0.0.9");
+        for bad in ["10.0.1.9", "10.0.0.0", "10.0.0.255", "10.0.0.1"] {
+            let err = attachment_task(&sm, &n, asking(bad), "a2".into(), 1).unwrap_err();
+            assert!(
+                matches!(err, AllocError::IpOutsideSubnet { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let sm = state_with(vec![Object::Network(n.clone()), Object::Task(t)]);
+        let err = attachment_task(&sm, &n, asking("10.0.0.9"), "a2".into(), 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "address 10.0.0.9 is already in use on network net-n: choose another --ip"
+        );
+    }
+
+    #[test]
     fn a_node_keeps_only_the_attachments_it_records() {
         let mut n = net("n", "10.0.0.0/24", 4096);
         n.spec.attachable = true;
@@ -615,6 +683,7 @@ mod tests {
                 container_id: "c",
                 container_name: id,
                 aliases: &[],
+                ip: None,
             };
             let mut t = attachment_task(&sm0, &n, who, id.into(), 1).unwrap();
             // Distinct addresses, as the store holds them.

@@ -68,8 +68,15 @@ impl Engine {
     /// network `network` and, if it runs, plugs it in at once. Refused for containers without a
     /// network namespace of their own and for a network it is already on; on any error the
     /// address goes back and the container is as it was.
-    pub async fn connect(&self, key: &str, network: &str, aliases: &[String]) -> Result<()> {
+    pub async fn connect(
+        &self,
+        key: &str,
+        network: &str,
+        aliases: &[String],
+        ip: &str,
+    ) -> Result<()> {
         let aliases = super::parse::network_aliases(aliases)?;
+        let ip = super::parse::user_ip(ip)?;
         let id = self.lookup(key)?;
         let lock = self.op_lock(&id)?;
         let _guard = lock.lock().await;
@@ -91,7 +98,7 @@ impl Engine {
         // Until the record holds the attachment (see `attach_gate`).
         let _gate = self.inner.attach_gate.lock().await;
         let a = cluster
-            .attach(network, &id, &record.name, &aliases)
+            .attach(network, &id, &record.name, &aliases, ip)
             .await
             .map_err(EngineError::invalid)?;
         let overlay = OverlayRequest {

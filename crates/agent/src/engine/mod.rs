@@ -202,14 +202,15 @@ pub struct ClusterAttachment {
 
 /// How the engine reaches the cluster for `container run --network NAME` (the node's session).
 pub trait ClusterNetworks: Send + Sync + 'static {
-    /// An address on attachable network `network` for the container, which also answers to
-    /// `aliases` there (the returned overlay carries them).
+    /// An address on attachable network `network` for the container (`ip`, or any free one),
+    /// which also answers to `aliases` there (the returned overlay carries them).
     fn attach<'a>(
         &'a self,
         network: &'a str,
         container_id: &'a str,
         container_name: &'a str,
         aliases: &'a [String],
+        ip: Option<std::net::Ipv4Addr>,
     ) -> futures::future::BoxFuture<'a, std::result::Result<ClusterAttachment, String>>;
     /// Gives an attachment back (unknown attachments are fine).
     fn detach<'a>(
@@ -584,6 +585,12 @@ impl Engine {
                 "network-scoped aliases are supported only for containers on cluster networks (--network NAME)",
             ));
         }
+        let ip = parse::user_ip(&req.ip)?;
+        if ip.is_some() && cluster_network.is_none() {
+            return Err(EngineError::invalid(
+                "user specified IP address is supported on cluster networks only (--network NAME)",
+            ));
+        }
         let network: NetworkMode = if req.network.is_empty() || cluster_network.is_some() {
             NetworkMode::Bridge
         } else {
@@ -684,7 +691,7 @@ impl Engine {
             })?;
             gate = Some(self.inner.attach_gate.lock().await);
             let a = cluster
-                .attach(net, &id, &name, &network_aliases)
+                .attach(net, &id, &name, &network_aliases, ip)
                 .await
                 .map_err(EngineError::invalid)?;
             if a.internal {
@@ -1559,6 +1566,8 @@ pub struct CreateRequest {
     pub labels: BTreeMap<String, String>,
     /// `--network-alias`: more names on the cluster network `network` names.
     pub network_aliases: Vec<String>,
+    /// `--ip`: the address on that cluster network (empty: any).
+    pub ip: String,
     /// Overlay networks to join (service tasks); with network `none` they are its only
     /// interfaces (an internal network: no way out).
     pub overlays: Vec<OverlayRequest>,

@@ -199,6 +199,19 @@ pub fn network_aliases(aliases: &[String]) -> Result<Vec<String>, EngineError> {
     Ok(out)
 }
 
+/// `--ip`: an IPv4 address, or nothing when empty.
+pub fn user_ip(ip: &str) -> Result<Option<std::net::Ipv4Addr>, EngineError> {
+    let ip = ip.trim();
+    if ip.is_empty() {
+        return Ok(None);
+    }
+    ip.parse().map(Some).map_err(|_| {
+        EngineError::invalid(format!(
+            "invalid IPv4 address {ip:?} for --ip (IPv6 overlays are not supported)"
+        ))
+    })
+}
+
 const ADJECTIVES: &[&str] = &[
     "admiring",
     "brave",
@@ -258,6 +271,16 @@ pub fn human_duration(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ips_are_ipv4_addresses_or_nothing() {
+        assert_eq!(user_ip("").unwrap(), None);
+        assert_eq!(user_ip(" 10.0.0.7 ").unwrap(), Some([10, 0, 0, 7].into()));
+        for bad in ["10.0.0", "fd00::1", "x"] {
+            let e = user_ip(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid IPv4 address"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn network_aliases_are_dns_names_each_given_once() {

@@ -236,6 +236,7 @@ pub fn create_request(spec: pb::ContainerSpec) -> CreateRequest {
         stop_timeout: (spec.stop_timeout > 0).then_some(spec.stop_timeout),
         labels: spec.labels.into_iter().collect(),
         network_aliases: spec.network_aliases,
+        ip: spec.ip,
         overlays: Vec::new(),
     }
 }
@@ -390,7 +391,9 @@ impl Containers for ContainersService {
         request: Request<pb::ConnectContainerRequest>,
     ) -> Result<Response<pb::ConnectContainerResponse>, Status> {
         let r = request.into_inner();
-        self.engine.connect(&r.id, &r.network, &r.aliases).await?;
+        self.engine
+            .connect(&r.id, &r.network, &r.aliases, &r.ip)
+            .await?;
         Ok(Response::new(pb::ConnectContainerResponse {}))
     }
 

@@ -223,6 +223,7 @@ pub fn create_request_with(
         stop_timeout: stop_timeout(spec.stop_grace_ms),
         labels,
         network_aliases: Vec::new(),
+        ip: String::new(),
         overlays: Vec::new(),
     })
 }
