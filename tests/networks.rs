@@ -937,6 +937,16 @@ fn standalone_containers_connect_and_disconnect() {
     let out = rs(h1, &["network", "rm", "front"]);
     out.assert_failure("front is still cli's");
     assert!(out.stderr_lc().contains("in use"), "{out}");
+    // The restarted agent re-adopted cli with both networks it joined: its DNS answers again.
+    lab.wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            resolves(h1, "cli", "cli.front").contains(&a)
+                && resolves(h1, "cli", "cli.back").contains(&b)
+        },
+        "the re-adopted cli resolves its own name on both networks",
+    );
 
     // Removing the containers gives their addresses back: the networks can go.
     ok(h1, &["container", "rm", "-f", "cli", "hostc"]);
