@@ -948,6 +948,30 @@ fn standalone_containers_connect_and_disconnect() {
         "the re-adopted cli resolves its own name on both networks",
     );
 
+    // A node removed from the cluster never gives its containers' addresses back: removing it
+    // frees them.
+    ok(
+        h2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "z1",
+            "--network",
+            "back",
+            &image,
+        ],
+    );
+    c.daemons[1].kill9();
+    lab.wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || h1.node_status("h2").as_deref() == Some("down"),
+        "h2 down",
+    );
+    ok(h1, &["node", "rm", "h2"]);
+
     // Removing the containers gives their addresses back: the networks can go.
     ok(h1, &["container", "rm", "-f", "cli", "hostc"]);
     for net in ["front", "back", "plain"] {

@@ -370,7 +370,16 @@ impl Control for ControlService {
                 };
                 let mut c = cluster(s)?.clone();
                 c.removed_nodes.insert(node.id.clone());
-                Ok(vec![Txn::delete(current), Txn::update(c)])
+                // Its standalone containers' addresses: nobody will ever give them back.
+                let released = rswarm_orchestrator::stale_attachments(
+                    s,
+                    &node.id,
+                    &Default::default(),
+                    now_ms(),
+                );
+                let mut ops = vec![Txn::delete(current), Txn::update(c)];
+                ops.extend(released.into_iter().map(Txn::update));
+                Ok(ops)
             })
             .await
             .map_err(store_status)?;

@@ -381,7 +381,7 @@ pub fn stale_attachments(
                 && t.holds_addresses()
                 && !keep.contains(t.id.as_str())
         })
-        .map(|t| released_attachment(t, now_ms, "released: its node no longer records it"))
+        .map(|t| released_attachment(t, now_ms, "released: no container of its node holds it"))
         .collect()
 }
 
