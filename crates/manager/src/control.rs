@@ -370,13 +370,8 @@ impl Control for ControlService {
                 };
                 let mut c = cluster(s)?.clone();
                 c.removed_nodes.insert(node.id.clone());
-                // Its standalone containers' addresses: nobody will ever give them back.
-                let released = rswarm_orchestrator::stale_attachments(
-                    s,
-                    &node.id,
-                    &Default::default(),
-                    now_ms(),
-                );
+                // Its tasks' and containers' addresses: nobody will ever give them back.
+                let released = rswarm_orchestrator::removed_node_tasks(s, &node.id, now_ms());
                 let mut ops = vec![Txn::delete(current), Txn::update(c)];
                 ops.extend(released.into_iter().map(Txn::update));
                 Ok(ops)

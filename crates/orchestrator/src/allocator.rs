@@ -385,6 +385,26 @@ pub fn stale_attachments(
         .collect()
 }
 
+/// What removing node `node_id` does to the tasks that still hold addresses there: its service
+/// tasks become `Orphaned` (stopped for good: the orchestrator has replaced them, and nobody will
+/// report them again) and its standalone containers' attachments are given back.
+pub fn removed_node_tasks(state: &StateMachine, node_id: &str, now_ms: u64) -> Vec<Task> {
+    let mut out = stale_attachments(state, node_id, &BTreeSet::new(), now_ms);
+    out.extend(
+        state
+            .list::<Task>()
+            .filter(|t| !t.network_attachment && t.node_id == node_id && t.holds_addresses())
+            .map(|t| {
+                let mut t = t.clone();
+                t.status.state = TaskState::Orphaned;
+                t.status.timestamp_ms = now_ms;
+                t.status.message = "its node was removed".into();
+                t
+            }),
+    );
+    out
+}
+
 /// The virtual IPs `service` needs for its spec: kept from `service.virtual_ips` where the network
 /// stays, new ones allocated, none in dnsrr mode. Also checks that every network has room for
 /// `needed` more task addresses.
@@ -719,6 +739,22 @@ mod tests {
         assert_eq!(released[0].status.state, TaskState::Shutdown);
         assert_eq!(released[0].status.timestamp_ms, 9);
         assert!(!released[0].holds_addresses());
+        // Removing node1 frees every address held there: its attachments and its service task.
+        let gone = removed_node_tasks(&sm, "node1", 10);
+        let mut ids: Vec<(&str, TaskState)> = gone
+            .iter()
+            .map(|t| (t.id.as_str(), t.status.state))
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                ("a1", TaskState::Shutdown),
+                ("a2", TaskState::Shutdown),
+                ("t5", TaskState::Orphaned),
+            ]
+        );
+        assert!(gone.iter().all(|t| !t.holds_addresses()));
     }
 
     #[test]

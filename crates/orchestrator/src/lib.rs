@@ -53,7 +53,7 @@ use rswarm_store::Op;
 
 pub use allocator::{
     allocate_network, allocate_tasks, allocate_vips, attachment_task, released_attachment,
-    stale_attachments, AllocError, StandaloneContainer,
+    removed_node_tasks, stale_attachments, AllocError, StandaloneContainer,
 };
 pub use constraint::{Constraint, ConstraintError, Preference};
 pub use orchestrator::reconcile;
