@@ -655,6 +655,14 @@ fn resolves(host: &Host, from: &str, name: &str) -> String {
     exec(host, from, &format!("nslookup {name} 127.0.0.11")).stdout
 }
 
+/// `rswarm ARGS` on `host` must fail by itself, saying `needle` (compared in lowercase).
+#[track_caller]
+fn refused(host: &Host, args: &[&str], needle: &str) {
+    let out = rs(host, args);
+    out.assert_failure(&args.join(" "));
+    assert!(out.stderr_lc().contains(needle), "{out}");
+}
+
 /// `network connect` and `network disconnect`, as a Docker user drives them: a running
 /// container joins attachable networks at once (interface, DNS both ways, `hosts`,
 /// `resolv.conf`), leaves them at once, keeps what it joined across restarts, and a stopped
@@ -706,7 +714,7 @@ fn standalone_containers_connect_and_disconnect() {
         ],
     );
     let srv_ip = addr_of(h2, "srv", "eth1");
-    let out = rs(
+    refused(
         h2,
         &[
             "container",
@@ -718,9 +726,8 @@ fn standalone_containers_connect_and_disconnect() {
             "x1",
             &image,
         ],
+        "aliases",
     );
-    out.assert_failure("an alias without a cluster network");
-    assert!(out.stderr_lc().contains("aliases"), "{out}");
     ok(h1, &["container", "run", "-d", "--name", "cli", &image]);
     assert!(
         !has_link(h1, "cli", "eth1"),
@@ -729,12 +736,12 @@ fn standalone_containers_connect_and_disconnect() {
 
     // Refused: a network that is not attachable, an unknown one, a container without a
     // namespace of its own; nothing is left half done.
-    let out = rs(h1, &["network", "connect", "plain", "cli"]);
-    out.assert_failure("connect to a non-attachable network");
-    assert!(out.stderr_lc().contains("not attachable"), "{out}");
-    let out = rs(h1, &["network", "connect", "nosuchnet", "cli"]);
-    out.assert_failure("connect to an unknown network");
-    assert!(out.stderr_lc().contains("not found"), "{out}");
+    refused(
+        h1,
+        &["network", "connect", "plain", "cli"],
+        "not attachable",
+    );
+    refused(h1, &["network", "connect", "nosuchnet", "cli"], "not found");
     assert!(
         !has_link(h1, "cli", "eth1"),
         "failed connects add no interface"
@@ -752,21 +759,24 @@ fn standalone_containers_connect_and_disconnect() {
             &image,
         ],
     );
-    let out = rs(h1, &["network", "connect", "front", "hostc"]);
-    out.assert_failure("connect a host-network container");
-    assert!(out.stderr_lc().contains("host network"), "{out}");
-    let out = rs(h1, &["network", "connect", "front", "nosuchcontainer"]);
-    out.assert_failure("connect an unknown container");
-    assert!(out.stderr_lc().contains("no such container"), "{out}");
+    refused(
+        h1,
+        &["network", "connect", "front", "hostc"],
+        "host network",
+    );
+    refused(
+        h1,
+        &["network", "connect", "front", "nosuchcontainer"],
+        "no such container",
+    );
 
     // A running container joins at once: an address on front, reachable both ways, named in
     // the cluster's DNS, and its own resolver now the embedded one.
-    let out = rs(
+    refused(
         h1,
         &["network", "connect", "--alias", "bad alias", "front", "cli"],
+        "invalid network alias",
     );
-    out.assert_failure("connect with a bad alias");
-    assert!(out.stderr_lc().contains("invalid network alias"), "{out}");
     ok(
         h1,
         &["network", "connect", "--alias", "probe", "front", "cli"],
@@ -827,19 +837,20 @@ fn standalone_containers_connect_and_disconnect() {
         peers.contains("198.18.0.1") && peers.contains("198.18.0.2"),
         "{peers}"
     );
-    let out = rs(h1, &["network", "connect", "front", "cli"]);
-    out.assert_failure("connect twice");
-    assert!(out.stderr_lc().contains("already exists"), "{out}");
+    refused(
+        h1,
+        &["network", "connect", "front", "cli"],
+        "already exists",
+    );
 
     // A second network takes the next interface, at the address asked for (`--ip`, on a
     // network with a --subnet: not its gateway, not one in use); leaving the first takes its
     // interface, address and name away at once and keeps the second.
-    let out = rs(
+    refused(
         h1,
         &["network", "connect", "--ip", "10.62.0.1", "back", "cli"],
+        "choose another --ip",
     );
-    out.assert_failure("connect at the gateway's address");
-    assert!(out.stderr_lc().contains("choose another --ip"), "{out}");
     ok(
         h1,
         &["network", "connect", "--ip", "10.62.0.77", "back", "cli"],
@@ -849,7 +860,7 @@ fn standalone_containers_connect_and_disconnect() {
         back_ip, "10.62.0.77",
         "cli on back at the address asked for"
     );
-    let out = rs(
+    refused(
         h2,
         &[
             "container",
@@ -863,10 +874,9 @@ fn standalone_containers_connect_and_disconnect() {
             "10.62.0.77",
             &image,
         ],
+        "already in use",
     );
-    out.assert_failure("run at an address in use");
-    assert!(out.stderr_lc().contains("already in use"), "{out}");
-    let out = rs(
+    refused(
         h2,
         &[
             "container",
@@ -878,9 +888,8 @@ fn standalone_containers_connect_and_disconnect() {
             "10.62.0.78",
             &image,
         ],
+        "cluster networks only",
     );
-    out.assert_failure("--ip without a cluster network");
-    assert!(out.stderr_lc().contains("cluster networks only"), "{out}");
     ok(h1, &["network", "disconnect", "front", "cli"]);
     assert!(!has_link(h1, "cli", "eth1"), "front's interface is gone");
     assert_eq!(addr_of(h1, "cli", "eth2"), back_ip, "back stays");
@@ -905,9 +914,11 @@ fn standalone_containers_connect_and_disconnect() {
         || !overlay_netns_files(h1).contains(&front_vni),
         "front's namespace gone from h1",
     );
-    let out = rs(h1, &["network", "disconnect", "front", "cli"]);
-    out.assert_failure("disconnect from a network the container is not on");
-    assert!(out.stderr_lc().contains("not connected"), "{out}");
+    refused(
+        h1,
+        &["network", "disconnect", "front", "cli"],
+        "not connected",
+    );
     ok(h1, &["network", "disconnect", "-f", "front", "cli"]);
 
     // What it joined is in its record: a stopped container joins at its next start, and a
@@ -934,9 +945,7 @@ fn standalone_containers_connect_and_disconnect() {
         || h1.node_status("h2").as_deref() == Some("ready"),
         "h2 back in session with the restarted manager",
     );
-    let out = rs(h1, &["network", "rm", "front"]);
-    out.assert_failure("front is still cli's");
-    assert!(out.stderr_lc().contains("in use"), "{out}");
+    refused(h1, &["network", "rm", "front"], "in use");
     // The restarted agent re-adopted cli with both networks it joined: its DNS answers again.
     lab.wait_until(
         Duration::from_secs(20),
