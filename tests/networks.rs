@@ -837,6 +837,77 @@ fn standalone_containers_connect_and_disconnect() {
         peers.contains("198.18.0.1") && peers.contains("198.18.0.2"),
         "{peers}"
     );
+
+    // Each node's own view, as Docker's nodes show it. The worker (h2) lists its local networks
+    // and the overlay network its container is on, and inspects that one with its container
+    // there; a manager lists its local networks beside the cluster's.
+    let rows = |host: &Host| -> Vec<String> {
+        ok(host, &["network", "ls"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let on_worker = rows(h2);
+    for want in [
+        "bridge bridge local",
+        "host host local",
+        "none null local",
+        "front overlay swarm",
+    ] {
+        assert!(on_worker.iter().any(|r| r == want), "{want}: {on_worker:?}");
+    }
+    assert_eq!(
+        on_worker.len(),
+        4,
+        "h2 has nothing on back or plain: {on_worker:?}"
+    );
+    let on_manager = rows(h1);
+    for want in [
+        "bridge bridge local",
+        "host host local",
+        "none null local",
+        "front overlay swarm",
+        "back overlay swarm",
+        "plain overlay swarm",
+    ] {
+        assert!(
+            on_manager.iter().any(|r| r == want),
+            "{want}: {on_manager:?}"
+        );
+    }
+    let there: Value =
+        serde_json::from_str(&ok(h2, &["network", "inspect", "front"])).expect("inspect json");
+    assert_eq!(there[0]["Id"], front[0]["Id"], "{there}");
+    let on_h2 = there[0]["Containers"].as_object().expect("Containers");
+    assert_eq!(on_h2.len(), 1, "{there}");
+    let srv = on_h2.values().next().expect("srv");
+    assert_eq!(srv["Name"], "srv", "{there}");
+    assert_eq!(
+        srv["IPv4Address"],
+        format!("{srv_ip}/24").as_str(),
+        "{there}"
+    );
+    refused(h2, &["network", "inspect", "back"], "no such network");
+    let bridge: Value =
+        serde_json::from_str(&ok(h1, &["network", "inspect", "bridge"])).expect("inspect json");
+    assert_eq!(bridge[0]["Scope"], "local", "{bridge}");
+    let cli_bridge_ip = nets["bridge"]["IPAddress"]
+        .as_str()
+        .expect("bridge address");
+    assert!(
+        bridge[0]["Containers"][&cli_id]["IPv4Address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(&format!("{cli_bridge_ip}/"))),
+        "{bridge}"
+    );
+    let host_net: Value =
+        serde_json::from_str(&ok(h1, &["network", "inspect", "host"])).expect("inspect json");
+    assert!(
+        host_net[0]["Containers"].to_string().contains("\"hostc\""),
+        "{host_net}"
+    );
+    refused(h1, &["network", "rm", "bridge"], "pre-defined network");
     refused(
         h1,
         &["network", "connect", "front", "cli"],

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rswarm/dispatcher/v1/dispatcher.proto",
         "rswarm/local/v1/local.proto",
         "rswarm/local/v1/engine.proto",
+        "rswarm/local/v1/networks.proto",
         "rswarm/raft/v1/raft.proto",
         "rswarm/types/v1/network.proto",
         "rswarm/types/v1/service.proto",

@@ -9,6 +9,7 @@ use rswarm_api::control::v1::control_server::ControlServer;
 use rswarm_api::local::v1::containers_server::ContainersServer;
 use rswarm_api::local::v1::images_server::ImagesServer;
 use rswarm_api::local::v1::local_server::LocalServer;
+use rswarm_api::local::v1::networks_server::NetworksServer;
 use rswarm_ca::transport::unix_incoming;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::service::{ContainersService, ImagesService};
 use crate::engine::{Engine, EngineOptions};
 use crate::local::{left, ControlForwarder, DaemonExit, LocalService};
+use crate::localnet::NetworksService;
 use crate::node::NodeContext;
 use crate::statedir::StateDir;
 use crate::worker::Worker;
@@ -101,6 +103,10 @@ pub async fn run_worker(
         .add_service(LocalServer::new(local))
         .add_service(images)
         .add_service(containers)
+        .add_service(NetworksServer::new(NetworksService::new(
+            ctx.clone(),
+            engine.engine.clone(),
+        )))
         .add_service(ControlServer::new(ControlForwarder::new(ctx.clone())))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     tasks.spawn(async move {

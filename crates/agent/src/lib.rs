@@ -19,6 +19,7 @@ mod error;
 pub mod ids;
 pub mod join;
 pub mod local;
+pub mod localnet;
 pub mod logs;
 pub mod netagent;
 pub mod node;

@@ -34,7 +34,8 @@ pub const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 /// How long to wait before reopening a networks stream that ended within a live session.
 const STREAM_RETRY: Duration = Duration::from_millis(200);
 
-type Table = Option<Arc<NetworkTable>>;
+/// The latest table of a session, if one came.
+pub type Table = Option<Arc<NetworkTable>>;
 
 /// What task runners see: the latest table and this node's VTEP address.
 #[derive(Clone)]
@@ -50,8 +51,13 @@ pub struct NetAgent {
     local_ip: Option<Ipv4Addr>,
 }
 
-/// Makes the reconciler, the runners' view, and the sender the session feeds tables into.
-pub fn channel(engine: Engine, advertise_addr: &str) -> (NetAgent, NetView, watch::Sender<Table>) {
+/// Makes the reconciler and the runners' view of the tables the session sends into `tables`
+/// (the node's, which its local API reads too).
+pub fn channel(
+    engine: Engine,
+    advertise_addr: &str,
+    tables: &watch::Sender<Table>,
+) -> (NetAgent, NetView) {
     let local_ip = parse_ip(advertise_addr);
     if local_ip.is_none() {
         tracing::warn!(
@@ -59,18 +65,16 @@ pub fn channel(engine: Engine, advertise_addr: &str) -> (NetAgent, NetView, watc
             "the node's advertise address is not an IPv4 address; it cannot join overlay networks"
         );
     }
-    let (tx, rx) = watch::channel(None);
     (
         NetAgent {
             engine,
-            tables: rx.clone(),
+            tables: tables.subscribe(),
             local_ip,
         },
         NetView {
-            tables: rx,
+            tables: tables.subscribe(),
             local_ip,
         },
-        tx,
     )
 }
 

@@ -32,6 +32,9 @@ pub struct NodeContext {
     pub state_dir: StateDir,
     pub identity: NodeIdentity,
     pub session: watch::Sender<SessionStatus>,
+    /// The latest overlay network table from the managers: fed by the session, read by the
+    /// network agent, the task runners and the local API.
+    pub networks: watch::Sender<crate::netagent::Table>,
     config: Mutex<NodeConfig>,
     client_tls: Arc<rustls::ClientConfig>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -49,6 +52,7 @@ impl NodeContext {
             state_dir,
             identity,
             session,
+            networks: watch::Sender::new(None),
             config: Mutex::new(config),
             client_tls,
             channels: Mutex::new(HashMap::new()),

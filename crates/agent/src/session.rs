@@ -39,9 +39,12 @@ pub async fn run(ctx: Arc<NodeContext>, worker: Worker, cancel: CancellationToke
     worker
         .engine()
         .set_cluster_networks(Arc::new(crate::netagent::SessionNetworks::new(ctx.clone())));
-    let (net_agent, nets, tables) =
-        crate::netagent::channel(worker.engine().clone(), &config.advertise_addr);
-    let (link, driver) = worker.start(config.node_id, nets, tables, cancel.clone());
+    let (net_agent, nets) = crate::netagent::channel(
+        worker.engine().clone(),
+        &config.advertise_addr,
+        &ctx.networks,
+    );
+    let (link, driver) = worker.start(config.node_id, nets, ctx.networks.clone(), cancel.clone());
     tokio::join!(
         driver,
         net_agent.run(cancel.clone()),

@@ -456,8 +456,14 @@ impl NetworkFilter {
         any(&self.names, &|v| pattern_matches(v, &spec.name))
             && any(&self.ids, &|v| pattern_matches(v, &n.id))
             && any(&self.drivers, &|v| v == driver)
-            && any(&self.scopes, &|v| v == "swarm")
-            && any(&self.types, &|v| v == "custom")
+            && any(&self.scopes, &|v| v == crate::network_output::scope(n))
+            && any(&self.types, &|v| {
+                v == if crate::network_output::is_local(n) {
+                    "builtin"
+                } else {
+                    "custom"
+                }
+            })
             && self.labels.iter().all(|l| has_label(&spec, l))
     }
 }
@@ -677,6 +683,13 @@ mod tests {
         );
         assert!(keep(&["driver=bridge"]).is_empty());
         assert!(keep(&["type=builtin"]).is_empty());
+        // A node's local network is builtin and local-scoped.
+        let mut bridge = network("ccc333", "bridge");
+        bridge.spec.as_mut().unwrap().driver = "bridge".into();
+        bridge.scope = "local".into();
+        let f = |f: &str| parse_filters(&[f.to_string()]).unwrap().matches(&bridge);
+        assert!(f("scope=local") && f("type=builtin") && f("driver=bridge"));
+        assert!(!f("scope=swarm") && !f("type=custom") && !f("driver=overlay"));
         assert!(parse_filters(&["color=red".into()]).is_err());
         assert!(parse_filters(&["name".into()]).is_err());
         assert!(parse_filters(&["type=other".into()]).is_err());

@@ -1,18 +1,23 @@
 //! `rswarm network …`: the control API's overlay networks, as `docker network` drives a swarm
-//! manager.
+//! manager, with the node's own view (its local networks; on a worker, all it shows).
 
 use anyhow::{bail, Context};
+use rswarm_agent::localnet::PREDEFINED;
 use rswarm_api::control::v1 as pb;
 use rswarm_api::control::v1::control_client::ControlClient;
 use rswarm_api::local::v1::containers_client::ContainersClient;
-use rswarm_api::local::v1::{ConnectContainerRequest, DisconnectContainerRequest};
+use rswarm_api::local::v1::local_client::LocalClient;
+use rswarm_api::local::v1::networks_client::NetworksClient;
+use rswarm_api::local::v1::{
+    ConnectContainerRequest, DisconnectContainerRequest, InfoRequest, ListNodeNetworksRequest,
+};
 use rswarm_api::types::v1::Network;
 use tonic::transport::Channel;
 
 use crate::client::status_error;
 use crate::commands::{print, wants_json};
 use crate::network_args::{
-    network_spec, parse_filters, parse_prune_filters, NetworkCommand, PRUNE_WARNING,
+    network_spec, parse_filters, parse_prune_filters, resolve, NetworkCommand, PRUNE_WARNING,
 };
 use crate::network_output as out;
 
@@ -62,6 +67,27 @@ pub async fn list_networks(control: &mut ControlClient<Channel>) -> anyhow::Resu
         .networks)
 }
 
+/// The node's own networks (its local socket's `Networks`); `None` where that is not served (a
+/// remote `--host`).
+async fn node_networks(channel: &Channel) -> anyhow::Result<Option<Vec<Network>>> {
+    match NetworksClient::new(channel.clone())
+        .list(ListNodeNetworksRequest {})
+        .await
+    {
+        Ok(r) => Ok(Some(r.into_inner().networks)),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(s) => Err(status_error(s)),
+    }
+}
+
+/// Whether the daemon behind `channel` runs a worker node (a remote `--host` is a manager).
+async fn is_worker(channel: &Channel) -> bool {
+    LocalClient::new(channel.clone())
+        .info(InfoRequest {})
+        .await
+        .is_ok_and(|r| !r.into_inner().is_manager)
+}
+
 /// "no such network: X" for an unknown network (as docker says it), the daemon's words otherwise.
 fn lookup_error(key: &str, s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::NotFound {
@@ -98,8 +124,14 @@ pub async fn network_command(
         } => {
             let json_out = wants_json(&format)?;
             let filter = parse_filters(&filters)?;
-            let networks: Vec<Network> = list_networks(control)
-                .await?
+            let node = node_networks(&channel).await?;
+            // A worker shows its own view only, as Docker's do (and does so with no manager).
+            let cluster = if is_worker(&channel).await {
+                None
+            } else {
+                Some(list_networks(control).await?)
+            };
+            let networks: Vec<Network> = out::node_view(cluster, node.unwrap_or_default())
                 .into_iter()
                 .filter(|n| filter.matches(n))
                 .collect();
@@ -122,20 +154,45 @@ pub async fn network_command(
             let local_node = (!me.is_empty()).then_some(me);
             let mut found = Vec::new();
             let mut errors = Vec::new();
+            // A worker looks in its own view only; a manager in the cluster's, then in its own
+            // for the local networks.
+            let worker = is_worker(&channel).await;
+            let node = node_networks(&channel).await?.unwrap_or_default();
             for key in &networks {
-                match control
-                    .get_network(pb::GetNetworkRequest {
-                        network: key.clone(),
-                    })
-                    .await
-                {
-                    Ok(r) => match r.into_inner().network {
-                        Some(n) => {
-                            found.push(out::inspect_json(&n, verbose, local_node.as_deref()))
+                if !worker {
+                    match control
+                        .get_network(pb::GetNetworkRequest {
+                            network: key.clone(),
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            match r.into_inner().network {
+                                Some(n) => found.push(out::inspect_json(
+                                    &n,
+                                    verbose,
+                                    local_node.as_deref(),
+                                )),
+                                None => errors
+                                    .push(format!("the manager returned no network for {key}")),
+                            }
+                            continue;
                         }
-                        None => errors.push(format!("the manager returned no network for {key}")),
-                    },
-                    Err(s) => errors.push(lookup_error(key, s).to_string()),
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => {
+                            errors.push(status_error(s).to_string());
+                            continue;
+                        }
+                    }
+                }
+                let candidates: Vec<Network> = node
+                    .iter()
+                    .filter(|n| worker || out::is_local(n))
+                    .cloned()
+                    .collect();
+                match resolve(key, &candidates) {
+                    Some(n) => found.push(out::inspect_json(n, verbose, local_node.as_deref())),
+                    None => errors.push(format!("no such network: {key}")),
                 }
             }
             text.push_str(&format!(
@@ -149,6 +206,12 @@ pub async fn network_command(
         NetworkCommand::Rm { force, networks } => {
             let mut errors = Vec::new();
             for key in networks {
+                if PREDEFINED.iter().any(|(name, _)| *name == key) {
+                    errors.push(format!(
+                        "Error response from daemon: {key} is a pre-defined network and cannot be removed"
+                    ));
+                    continue;
+                }
                 match control
                     .remove_network(pb::RemoveNetworkRequest {
                         network: key.clone(),

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use rswarm_api::types::v1::{Network, NetworkSpec};
 use serde_json::{json, Map, Value};
 
+use rswarm_agent::localnet::{LOCAL_SCOPE, SWARM_SCOPE};
+
 use crate::network_args::{MTU_OPTION, OVERLAY, VXLANID_OPTION};
 use crate::output::table;
 use crate::service_output::short;
@@ -22,8 +24,31 @@ fn driver(sp: &NetworkSpec) -> &str {
     }
 }
 
-/// Cluster networks are all swarm-scoped.
-pub const SCOPE: &str = "swarm";
+/// A network's scope: `local` for a node's predefined networks, `swarm` for the cluster's.
+pub fn scope(n: &Network) -> &str {
+    if n.scope.is_empty() {
+        SWARM_SCOPE
+    } else {
+        &n.scope
+    }
+}
+
+/// Whether `n` is one of a node's own networks (`bridge`, `host`, `none`).
+pub fn is_local(n: &Network) -> bool {
+    scope(n) == LOCAL_SCOPE
+}
+
+/// What `network ls` lists: the cluster's networks with the node's local ones (on a manager), or
+/// the node's own view alone (`cluster` is `None` on a worker, which may not read the cluster's).
+pub fn node_view(cluster: Option<Vec<Network>>, node: Vec<Network>) -> Vec<Network> {
+    match cluster {
+        Some(mut all) => {
+            all.extend(node.into_iter().filter(is_local));
+            all
+        }
+        None => node,
+    }
+}
 
 pub const LS_HEADER: [&str; 4] = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"];
 
@@ -52,7 +77,7 @@ pub fn ls_rows(networks: &[Network], no_trunc: bool) -> Vec<Vec<String>> {
                 id_text(n, no_trunc),
                 sp.name.clone(),
                 driver(&sp).to_string(),
-                SCOPE.to_string(),
+                scope(n).to_string(),
             ]
         })
         .collect()
@@ -118,16 +143,16 @@ pub fn ls_json_lines(networks: &[Network], no_trunc: bool) -> String {
                 "Internal": sp.internal.to_string(),
                 "Labels": labels_text(&sp),
                 "Name": sp.name,
-                "Scope": SCOPE,
+                "Scope": scope(n),
             });
             format!("{v}\n")
         })
         .collect()
 }
 
-/// `network inspect`: docker's shape for a swarm overlay network: `Containers` are the endpoints
-/// on node `local_node` (the one asked, as Docker shows its own), `Peers` every node with an
-/// endpoint. `verbose` adds the services on the network (keyed by name, as `docker network
+/// `network inspect`: docker's shape for a swarm overlay network, or a node's local network (no
+/// `Peers`, no services, its driver's `Options`): `Containers` are the endpoints on node
+/// `local_node` (the one asked, as Docker shows its own), `Peers` every node with an endpoint. `verbose` adds the services on the network (keyed by name, as `docker network
 /// inspect -v`, each with its tasks) and rswarm's count of its tasks.
 pub fn inspect_json(n: &Network, verbose: bool, local_node: Option<&str>) -> Value {
     let sp = spec(n);
@@ -157,6 +182,11 @@ pub fn inspect_json(n: &Network, verbose: bool, local_node: Option<&str>) -> Val
     if sp.mtu != 0 {
         options.insert(MTU_OPTION.into(), json!(sp.mtu.to_string()));
     }
+    let mut local_options: Vec<_> = n.options.iter().collect();
+    local_options.sort();
+    for (k, v) in local_options {
+        options.insert(k.clone(), json!(v));
+    }
     let labels: Map<String, Value> = {
         let mut l: Vec<_> = sp.labels.iter().collect();
         l.sort();
@@ -166,7 +196,7 @@ pub fn inspect_json(n: &Network, verbose: bool, local_node: Option<&str>) -> Val
         "Name": sp.name,
         "Id": n.id,
         "Created": n.created_at,
-        "Scope": SCOPE,
+        "Scope": scope(n),
         "Driver": driver(&sp),
         "EnableIPv4": true,
         "EnableIPv6": false,
@@ -202,6 +232,9 @@ pub fn inspect_json(n: &Network, verbose: bool, local_node: Option<&str>) -> Val
         })
         .collect();
     v["Containers"] = Value::Object(containers);
+    if is_local(n) {
+        return v;
+    }
     v["Peers"] = n
         .peers
         .iter()
@@ -278,6 +311,82 @@ mod tests {
         );
         assert_eq!(ls_ids(&nets, false), "a1b2c3d4e5f6\nzq0ze2lg1wj1\n");
         assert_eq!(ls_table(&[], false), "NETWORK ID   NAME   DRIVER   SCOPE\n");
+    }
+
+    fn local(name: &str, driver: &str) -> Network {
+        Network {
+            id: format!("{name}0123456789abcdef"),
+            spec: Some(NetworkSpec {
+                name: name.into(),
+                driver: driver.into(),
+                ..NetworkSpec::default()
+            }),
+            scope: "local".into(),
+            ..Network::default()
+        }
+    }
+
+    #[test]
+    fn a_manager_lists_the_clusters_networks_and_its_local_ones_a_worker_its_own() {
+        let cluster = vec![network("a1b2c3d4e5f6g7h8i9", "web-net")];
+        let node = vec![
+            local("bridge", "bridge"),
+            local("host", "host"),
+            local("none", "null"),
+            // The node's copy of a cluster network: the cluster's own is listed instead.
+            Network {
+                scope: "swarm".into(),
+                ..network("a1b2c3d4e5f6g7h8i9", "web-net")
+            },
+        ];
+        let on_manager = node_view(Some(cluster), node.clone());
+        assert_eq!(
+            ls_table(&on_manager, false),
+            "NETWORK ID     NAME      DRIVER    SCOPE\n\
+             bridge012345   bridge    bridge    local\n\
+             host01234567   host      host      local\n\
+             none01234567   none      null      local\n\
+             a1b2c3d4e5f6   web-net   overlay   swarm\n"
+        );
+        assert_eq!(node_view(None, node.clone()), node);
+        let v: Value =
+            serde_json::from_str(ls_json_lines(&[local("bridge", "bridge")], false).trim())
+                .unwrap();
+        assert_eq!(
+            (v["Scope"].as_str(), v["Driver"].as_str()),
+            (Some("local"), Some("bridge"))
+        );
+    }
+
+    #[test]
+    fn inspect_of_a_local_network_has_its_options_and_no_peers() {
+        let mut n = local("bridge", "bridge");
+        n.subnet = "10.213.0.0/16".into();
+        n.gateway = "10.213.0.1".into();
+        n.options = [(
+            "com.docker.network.bridge.name".to_string(),
+            "rsw123456".to_string(),
+        )]
+        .into();
+        n.endpoints = vec![rswarm_api::types::v1::NetworkEndpoint {
+            name: "web".into(),
+            container_id: "c1".into(),
+            node_id: "me".into(),
+            addr: "10.213.0.5/16".into(),
+            mac: "02:42:0a:d5:00:05".into(),
+            ..Default::default()
+        }];
+        let v = inspect_json(&n, true, Some("me"));
+        assert_eq!(v["Scope"], "local");
+        assert_eq!(v["Driver"], "bridge");
+        assert_eq!(v["Options"]["com.docker.network.bridge.name"], "rsw123456");
+        assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "10.213.0.0/16");
+        assert_eq!(v["Containers"]["c1"]["IPv4Address"], "10.213.0.5/16");
+        assert_eq!(v["Containers"]["c1"]["Name"], "web");
+        assert!(v.get("Peers").is_none() && v.get("Services").is_none());
+        let host = inspect_json(&local("host", "host"), false, Some("me"));
+        assert_eq!(host["IPAM"]["Config"], json!([]));
+        assert_eq!(host["Options"], json!({}));
     }
 
     #[test]

@@ -396,6 +396,8 @@ pub fn network_to_pb(n: &Network, services: Vec<String>, tasks: u64) -> pb::Netw
         tasks,
         endpoints: Vec::new(),
         peers: Vec::new(),
+        scope: "swarm".into(),
+        options: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rswarm_agent::daemon::{finish, DaemonPaths, EngineHandle};
 use rswarm_agent::local::{ClusterSummary, DaemonExit, LocalService};
+use rswarm_agent::localnet::NetworksService;
 use rswarm_agent::node::NodeContext;
 use rswarm_agent::statedir::StateDir;
 use rswarm_agent::{renew, session};
@@ -13,6 +14,7 @@ use rswarm_api::ca::v1::certificate_authority_server::CertificateAuthorityServer
 use rswarm_api::control::v1::control_server::ControlServer;
 use rswarm_api::dispatcher::v1::dispatcher_server::DispatcherServer;
 use rswarm_api::local::v1::local_server::LocalServer;
+use rswarm_api::local::v1::networks_server::NetworksServer;
 use rswarm_ca::transport::{tls_channel, tls_incoming, unix_incoming};
 use rswarm_ca::{tls, MANAGER_SERVER_NAME};
 use rswarm_raft::{GrpcTransport, RaftConfig, RaftNode, RaftService};
@@ -180,6 +182,10 @@ pub async fn run_manager(
         .add_service(LocalServer::new(local))
         .add_service(images)
         .add_service(containers)
+        .add_service(NetworksServer::new(NetworksService::new(
+            ctx.clone(),
+            engine.engine.clone(),
+        )))
         .add_service(ControlServer::with_interceptor(
             ControlService::new(store.clone(), monitor.clone())
                 .with_logs(logs.clone(), events.clone()),

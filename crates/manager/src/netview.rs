@@ -256,6 +256,9 @@ pub fn network_header(n: &Network) -> pb::NodeNetwork {
         internal: n.spec.internal,
         endpoints: Vec::new(),
         services: Vec::new(),
+        attachable: n.spec.attachable,
+        labels: n.spec.labels.clone().into_iter().collect(),
+        created_at: crate::rfc3339_ms(n.meta.created_at_ms),
     }
 }
 

@@ -513,6 +513,14 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("no such container: {key}")))
     }
 
+    /// The node's bridge (the `bridge` network) and its gateway address.
+    pub fn bridge_config(&self) -> (rswarm_network::BridgeConfig, std::net::Ipv4Addr) {
+        (
+            self.inner.bridge.config().clone(),
+            self.inner.bridge.gateway(),
+        )
+    }
+
     /// Every container (running only unless `all`), newest first.
     pub fn list(&self, all: bool) -> Vec<ContainerRecord> {
         let mut v: Vec<ContainerRecord> = self
