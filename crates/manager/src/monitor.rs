@@ -4,10 +4,16 @@
 //! A node is Down when its session stream closes (its agent died or disconnected: seen at once) or
 //! when no heartbeat arrived for [`MISSED_BEATS`] periods (host or network gone). A restarted
 //! manager gives every node [`MISSED_BEATS`] periods to reconnect before marking it Down.
+//!
+//! A node Down for [`NODE_DOWN_PERIOD`] (24 h, as swarmkit) has its assigned-to-running service
+//! tasks made `Orphaned` ([`rswarm_orchestrator::down_node_tasks`]), which frees their network
+//! addresses. The clock starts when this monitor saw the node go down, or when it started for nodes
+//! already down (a new leader starts it anew, as swarmkit's).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rswarm_orchestrator::NODE_DOWN_PERIOD;
 use rswarm_store::{Cluster, Node, NodeStatus, Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -112,8 +118,17 @@ impl Monitor {
         store: Store,
         cancel: CancellationToken,
     ) -> (Monitor, tokio::task::JoinHandle<()>) {
+        Self::spawn_with(store, cancel, NODE_DOWN_PERIOD)
+    }
+
+    /// [`spawn`](Self::spawn) with another period before a down node's tasks are orphaned.
+    pub fn spawn_with(
+        store: Store,
+        cancel: CancellationToken,
+        down_period: Duration,
+    ) -> (Monitor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(run(store, rx, cancel));
+        let task = tokio::spawn(run(store, rx, cancel, down_period));
         (Monitor { tx }, task)
     }
 
@@ -181,9 +196,21 @@ fn period(store: &Store) -> Duration {
     Duration::from_millis(ms)
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, cancel: CancellationToken) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Msg>,
+    cancel: CancellationToken,
+    down_period: Duration,
+) {
     let mut sessions: HashMap<String, Session> = HashMap::new();
     let started = Instant::now();
+    // Since when each node is down, as far as this monitor knows.
+    let mut down_since: HashMap<String, Instant> = store
+        .list::<Node>()
+        .into_iter()
+        .filter(|n| n.status == NodeStatus::Down)
+        .map(|n| (n.id, started))
+        .collect();
     let mut startup_sweep_done = false;
     let mut tick = tokio::time::interval(period(&store) / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,7 +219,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, cancel: CancellationToke
             () = cancel.cancelled() => return,
             msg = rx.recv() => {
                 let Some(msg) = msg else { return };
-                handle(&store, &mut sessions, msg).await;
+                handle(&store, &mut sessions, &mut down_since, msg).await;
             }
             _ = tick.tick() => {
                 let p = period(&store);
@@ -214,6 +241,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, cancel: CancellationToke
                     }
                     tracing::info!(%node_id, "no heartbeat for {} periods; node is down", MISSED_BEATS);
                     let _ = set_status(&store, &node_id, NodeStatus::Down, "heartbeat failure", None).await;
+                    down_since.entry(node_id).or_insert(now);
                 }
                 if !startup_sweep_done && now.duration_since(started) > deadline {
                     startup_sweep_done = true;
@@ -225,14 +253,29 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, cancel: CancellationToke
                         .collect();
                     for node_id in stale {
                         let _ = set_status(&store, &node_id, NodeStatus::Down, "no session since the manager started", None).await;
+                        down_since.entry(node_id).or_insert(now);
                     }
+                }
+                let overdue: Vec<String> = down_since
+                    .iter()
+                    .filter(|(_, since)| now.duration_since(**since) >= down_period)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for node_id in overdue {
+                    down_since.remove(&node_id);
+                    orphan_tasks(&store, &node_id, down_period).await;
                 }
             }
         }
     }
 }
 
-async fn handle(store: &Store, sessions: &mut HashMap<String, Session>, msg: Msg) {
+async fn handle(
+    store: &Store,
+    sessions: &mut HashMap<String, Session>,
+    down_since: &mut HashMap<String, Instant>,
+    msg: Msg,
+) {
     match msg {
         Msg::Open {
             node_id,
@@ -254,6 +297,8 @@ async fn handle(store: &Store, sessions: &mut HashMap<String, Session>, msg: Msg
             let r = set_status(store, &node_id, NodeStatus::Ready, "", Some(&description)).await;
             if r.is_err() {
                 sessions.remove(&node_id);
+            } else {
+                down_since.remove(&node_id);
             }
             let _ = reply.send(r);
         }
@@ -279,13 +324,43 @@ async fn handle(store: &Store, sessions: &mut HashMap<String, Session>, msg: Msg
                 sessions.remove(&node_id);
                 tracing::info!(%node_id, "session closed; node is down");
                 let _ = set_status(store, &node_id, NodeStatus::Down, "session closed", None).await;
+                down_since.entry(node_id).or_insert_with(Instant::now);
             }
         }
         Msg::Removed { node_id } => {
             if let Some(s) = sessions.remove(&node_id) {
                 s.close.cancel();
             }
+            down_since.remove(&node_id);
         }
+    }
+}
+
+/// Makes the service tasks of node `node_id`, down for `period`, `Orphaned` (if it is still down).
+async fn orphan_tasks(store: &Store, node_id: &str, period: Duration) {
+    let now_ms = crate::events::now_ms();
+    let mut count = 0;
+    let result = store
+        .update(|s| {
+            if s.get::<Node>(node_id)
+                .is_none_or(|n| n.status != NodeStatus::Down)
+            {
+                return Ok(vec![]);
+            }
+            let tasks = rswarm_orchestrator::down_node_tasks(s, node_id, now_ms);
+            count = tasks.len();
+            Ok(tasks.into_iter().map(Txn::update).collect())
+        })
+        .await;
+    match result {
+        Ok(_) if count > 0 => tracing::info!(
+            %node_id,
+            tasks = count,
+            "node down for {}; its tasks are orphaned",
+            humantime::format_duration(period)
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%node_id, error = %e, "could not orphan the tasks of a down node"),
     }
 }
 
@@ -319,4 +394,125 @@ async fn set_status(
         tracing::warn!(%node_id, error = %e, "could not record node status");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use rswarm_store::{MemoryBackend, Op, StateMachine, Task, TaskState, TaskStatus};
+
+    use super::*;
+
+    fn task(id: &str, node: &str, attachment: bool) -> Op {
+        Txn::create(Task {
+            id: id.into(),
+            node_id: node.into(),
+            network_attachment: attachment,
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Running,
+                ..TaskStatus::default()
+            },
+            ..Task::default()
+        })
+    }
+
+    fn state(store: &Store, id: &str) -> TaskState {
+        store.get::<Task>(id).expect("task").status.state
+    }
+
+    async fn session(monitor: &Monitor, node: &str, id: &str) {
+        monitor
+            .open(
+                node.into(),
+                id.into(),
+                Description::default(),
+                CancellationToken::new(),
+            )
+            .await
+            .expect("open");
+    }
+
+    /// Waits (in paused time) until task `id` is in `want`, for at most `limit`.
+    async fn reaches(store: &Store, id: &str, want: TaskState, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if state(store, id) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state(store, id) == want
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_down_for_the_period_has_its_service_tasks_orphaned() {
+        let store = MemoryBackend::store(StateMachine::new());
+        let mut ops = Vec::new();
+        for n in ["n1", "n2"] {
+            ops.push(Txn::create(Node {
+                id: n.into(),
+                status: NodeStatus::Ready,
+                ..Node::default()
+            }));
+        }
+        ops.extend([
+            task("t1", "n1", false),
+            task("a1", "n1", true),
+            task("t2", "n2", false),
+        ]);
+        store.commit(Txn::new(ops)).await.expect("commit");
+        let cancel = CancellationToken::new();
+        let period = Duration::from_secs(3600);
+        let (monitor, task) = Monitor::spawn_with(store.clone(), cancel.clone(), period);
+        session(&monitor, "n1", "s1").await;
+        session(&monitor, "n2", "s2").await;
+        // n1 goes down for good. n2 goes down, comes back, and goes down again later: its period
+        // starts over.
+        monitor.closed("n1".into(), "s1".into()).await;
+        monitor.closed("n2".into(), "s2".into()).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        session(&monitor, "n2", "s3").await;
+        // Alive (heartbeats every 250 ms) for 10 minutes.
+        for _ in 0..2400 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(monitor.heartbeat("n2".into(), "s3".into()).await);
+        }
+        monitor.closed("n2".into(), "s3".into()).await;
+        assert_eq!(store.get::<Node>("n1").unwrap().status, NodeStatus::Down);
+
+        let margin = Duration::from_secs(1);
+        assert!(
+            !reaches(
+                &store,
+                "t1",
+                TaskState::Orphaned,
+                period - Duration::from_secs(1200) - margin
+            )
+            .await,
+            "orphaned before its period"
+        );
+        assert!(reaches(&store, "t1", TaskState::Orphaned, 2 * margin).await);
+        let t1 = store.get::<Task>("t1").unwrap();
+        assert!(!t1.holds_addresses());
+        assert_eq!(t1.status.message, "its node was down for too long");
+        assert_eq!(
+            state(&store, "a1"),
+            TaskState::Running,
+            "a standalone container's attachment is the user's: kept"
+        );
+        // n2's period runs from its second fall, 20 minutes after n1's.
+        assert!(
+            !reaches(
+                &store,
+                "t2",
+                TaskState::Orphaned,
+                Duration::from_secs(1200) - margin
+            )
+            .await,
+            "n2's period ran from its first fall"
+        );
+        assert!(reaches(&store, "t2", TaskState::Orphaned, 2 * margin).await);
+        cancel.cancel();
+        task.await.expect("monitor");
+    }
 }

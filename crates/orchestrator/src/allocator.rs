@@ -390,19 +390,51 @@ pub fn stale_attachments(
 /// report them again) and its standalone containers' attachments are given back.
 pub fn removed_node_tasks(state: &StateMachine, node_id: &str, now_ms: u64) -> Vec<Task> {
     let mut out = stale_attachments(state, node_id, &BTreeSet::new(), now_ms);
-    out.extend(
-        state
-            .list::<Task>()
-            .filter(|t| !t.network_attachment && t.node_id == node_id && t.holds_addresses())
-            .map(|t| {
-                let mut t = t.clone();
-                t.status.state = TaskState::Orphaned;
-                t.status.timestamp_ms = now_ms;
-                t.status.message = "its node was removed".into();
-                t
-            }),
-    );
+    out.extend(orphaned(
+        state,
+        node_id,
+        now_ms,
+        "its node was removed",
+        Task::holds_addresses,
+    ));
     out
+}
+
+/// What a node down for [`NODE_DOWN_PERIOD`](crate::NODE_DOWN_PERIOD) does to its service tasks
+/// that were assigned and not yet ended (swarmkit's rule): they become `Orphaned`, which frees
+/// their addresses. Nobody can tell whether they still run, and the replicated ones were replaced
+/// elsewhere long ago; if the node comes back, its agent stops them. Its standalone containers'
+/// attachments are kept: those containers are the user's, and the node may return with them.
+pub fn down_node_tasks(state: &StateMachine, node_id: &str, now_ms: u64) -> Vec<Task> {
+    let assigned = |t: &Task| (TaskState::Assigned..=TaskState::Running).contains(&t.status.state);
+    orphaned(
+        state,
+        node_id,
+        now_ms,
+        "its node was down for too long",
+        assigned,
+    )
+    .collect()
+}
+
+/// Node `node_id`'s service tasks that `pick` picks, made `Orphaned`.
+fn orphaned<'a>(
+    state: &'a StateMachine,
+    node_id: &'a str,
+    now_ms: u64,
+    why: &'a str,
+    pick: impl Fn(&Task) -> bool + 'a,
+) -> impl Iterator<Item = Task> + 'a {
+    state
+        .list::<Task>()
+        .filter(move |t| !t.network_attachment && t.node_id == node_id && pick(t))
+        .map(move |t| {
+            let mut t = t.clone();
+            t.status.state = TaskState::Orphaned;
+            t.status.timestamp_ms = now_ms;
+            t.status.message = why.into();
+            t
+        })
 }
 
 /// The virtual IPs `service` needs for its spec: kept from `service.virtual_ips` where the network
@@ -755,6 +787,38 @@ mod tests {
             ]
         );
         assert!(gone.iter().all(|t| !t.holds_addresses()));
+    }
+
+    #[test]
+    fn a_long_down_node_orphans_its_assigned_to_running_service_tasks_only() {
+        let task = |id: &str, node: &str, state: TaskState, attachment: bool| {
+            Object::Task(Task {
+                id: id.into(),
+                node_id: node.into(),
+                network_attachment: attachment,
+                status: rswarm_store::TaskStatus {
+                    state,
+                    ..Default::default()
+                },
+                ..Task::default()
+            })
+        };
+        let sm = state_with(vec![
+            task("pending", "node1", TaskState::Pending, false),
+            task("assigned", "node1", TaskState::Assigned, false),
+            task("running", "node1", TaskState::Running, false),
+            task("done", "node1", TaskState::Complete, false),
+            task("container", "node1", TaskState::Running, true),
+            task("elsewhere", "node2", TaskState::Running, false),
+        ]);
+        let orphaned = down_node_tasks(&sm, "node1", 7);
+        let ids: Vec<&str> = orphaned.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["assigned", "running"]);
+        for t in &orphaned {
+            assert_eq!(t.status.state, TaskState::Orphaned);
+            assert_eq!(t.status.timestamp_ms, 7);
+            assert!(!t.holds_addresses());
+        }
     }
 
     #[test]

@@ -52,8 +52,8 @@ mod testutil;
 use rswarm_store::Op;
 
 pub use allocator::{
-    allocate_network, allocate_tasks, allocate_vips, attachment_task, released_attachment,
-    removed_node_tasks, stale_attachments, AllocError, StandaloneContainer,
+    allocate_network, allocate_tasks, allocate_vips, attachment_task, down_node_tasks,
+    released_attachment, removed_node_tasks, stale_attachments, AllocError, StandaloneContainer,
 };
 pub use constraint::{Constraint, ConstraintError, Preference};
 pub use orchestrator::reconcile;
@@ -62,6 +62,10 @@ pub use scheduler::{schedule, Schedule};
 pub use task::{is_live, new_task, NewTask};
 pub use update::plan_updates;
 pub use validate::{validate_spec, SpecError};
+
+/// How long a node stays down before its tasks are `Orphaned` ([`down_node_tasks`]): swarmkit's
+/// `defaultNodeDownPeriod`.
+pub const NODE_DOWN_PERIOD: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// What a control loop wants written, and when it wants to run again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
