@@ -1,7 +1,7 @@
 //! The node's side of overlay networks: keeps the kernel (each network's bridge and VXLAN device,
 //! the FDB and neighbour entries of every remote endpoint) equal to the latest network table the
-//! manager sent ([`NetworkTable`], whole at every change), and lets task runners find the
-//! networks their containers join.
+//! manager sent ([`NetworkTable`]: whole first, then changes merged into a whole table by
+//! [`apply_table`]), and lets task runners find the networks their containers join.
 //!
 //! One task owns the reconciliation: it runs on every new table and every
 //! [`RECONCILE_PERIOD`], against the full desired set, so entries an event missed (an agent
@@ -279,6 +279,7 @@ pub async fn follow(
         let request = NetworksRequest {
             session_id: session_id.clone(),
             partial_tables: true,
+            partial_endpoints: true,
         };
         match client.networks(request).await {
             Ok(response) => {
@@ -295,7 +296,7 @@ pub async fn follow(
                                 "network table"
                             );
                             let Some(next) = apply_table(whole.as_deref(), t) else {
-                                tracing::warn!(manager = %addr, "the networks stream began with a partial table; reopening");
+                                tracing::warn!(manager = %addr, "a partial network table that does not apply to the last one; reopening the stream");
                                 break;
                             };
                             let next = Arc::new(next);
@@ -326,8 +327,9 @@ pub async fn follow(
 
 /// The whole table after `change` (see `NetworkTable.partial`): `change` itself when it is
 /// whole; else `table` with the networks `change` carries put in (by id) and those it names
-/// gone taken out, in id order as the manager sends them. `None`: a partial change without a
-/// table to apply it to.
+/// gone taken out, in id order as the manager sends them (a network that carries only its changed
+/// endpoints is merged into the one it changes). `None`: a partial change without a table to apply
+/// it to, or endpoint changes to a network the table does not have.
 pub fn apply_table(table: Option<&NetworkTable>, change: NetworkTable) -> Option<NetworkTable> {
     if !change.partial {
         return Some(change);
@@ -339,7 +341,14 @@ pub fn apply_table(table: Option<&NetworkTable>, change: NetworkTable) -> Option
         .filter(|n| !change.gone.contains(&n.id) && !change.networks.iter().any(|c| c.id == n.id))
         .cloned()
         .collect();
-    networks.extend(change.networks);
+    for n in change.networks {
+        if !n.endpoints_partial {
+            networks.push(n);
+            continue;
+        }
+        let base = table.networks.iter().find(|b| b.id == n.id)?;
+        networks.push(apply_endpoints(base, n));
+    }
     networks.sort_by(|a, b| a.id.cmp(&b.id));
     Some(NetworkTable {
         networks,
@@ -347,6 +356,30 @@ pub fn apply_table(table: Option<&NetworkTable>, change: NetworkTable) -> Option
         partial: false,
         gone: Vec::new(),
     })
+}
+
+/// Network `base` after `change` (`endpoints_partial`): `change`'s fields, `base`'s endpoints
+/// without those `change` names gone or carries, then those it carries, in task id order as the
+/// manager sends them.
+fn apply_endpoints(base: &NodeNetwork, mut change: NodeNetwork) -> NodeNetwork {
+    let mut replaced: std::collections::HashSet<String> =
+        std::mem::take(&mut change.gone_endpoints)
+            .into_iter()
+            .collect();
+    replaced.extend(change.endpoints.iter().map(|e| e.task_id.clone()));
+    let mut endpoints: Vec<_> = base
+        .endpoints
+        .iter()
+        .filter(|e| !replaced.contains(&e.task_id))
+        .cloned()
+        .collect();
+    endpoints.append(&mut change.endpoints);
+    endpoints.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    NodeNetwork {
+        endpoints,
+        endpoints_partial: false,
+        ..change
+    }
 }
 
 /// The engine's way to the cluster for `container run --network NAME`: the node's current
@@ -493,6 +526,67 @@ mod tests {
         // A whole table replaces everything.
         let t = apply_table(Some(&t), whole.clone()).unwrap();
         assert_eq!(t, whole);
+    }
+
+    #[test]
+    fn partial_endpoints_apply_to_the_network_they_change() {
+        let ep = |task: &str, ip: &str| Endpoint {
+            task_id: task.into(),
+            ip: ip.into(),
+            ..Endpoint::default()
+        };
+        let base = NodeNetwork {
+            id: "a".into(),
+            vni: 1,
+            endpoints: vec![
+                ep("t1", "10.0.0.2"),
+                ep("t2", "10.0.0.3"),
+                ep("t4", "10.0.0.5"),
+            ],
+            ..NodeNetwork::default()
+        };
+        let whole = NetworkTable {
+            networks: vec![base.clone()],
+            data_path_port: 4789,
+            ..NetworkTable::default()
+        };
+        // t2 changed, t3 came, t4 left; the network's own fields come whole.
+        let change = NetworkTable {
+            networks: vec![NodeNetwork {
+                id: "a".into(),
+                vni: 1,
+                mtu: 1400,
+                endpoints: vec![ep("t3", "10.0.0.4"), ep("t2", "10.0.0.9")],
+                endpoints_partial: true,
+                gone_endpoints: vec!["t4".into()],
+                ..NodeNetwork::default()
+            }],
+            data_path_port: 4789,
+            partial: true,
+            gone: Vec::new(),
+        };
+        let t = apply_table(Some(&whole), change.clone()).unwrap();
+        let a = &t.networks[0];
+        let eps: Vec<(&str, &str)> = a
+            .endpoints
+            .iter()
+            .map(|e| (e.task_id.as_str(), e.ip.as_str()))
+            .collect();
+        assert_eq!(
+            eps,
+            [("t1", "10.0.0.2"), ("t2", "10.0.0.9"), ("t3", "10.0.0.4")]
+        );
+        assert_eq!(a.mtu, 1400);
+        assert!(!a.endpoints_partial && a.gone_endpoints.is_empty());
+        // Endpoint changes to a network the node does not have cannot be applied.
+        let other = NetworkTable {
+            networks: vec![NodeNetwork {
+                id: "z".into(),
+                ..base
+            }],
+            ..whole
+        };
+        assert_eq!(apply_table(Some(&other), change), None);
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub struct NetworkTables {
     /// Every node's table by a scan per node, as each node's stream computed it before.
     pub scan: Duration,
     /// One shared view made after the previous one, and for each node one of whose networks
-    /// changed, a partial table of the networks that changed.
+    /// changed, a partial table of the networks that changed with only their changed endpoints.
     pub shared: Duration,
     /// Nodes whose table changed (both ways send only those).
     pub nodes_sent: usize,
@@ -207,6 +207,8 @@ pub struct NetworkTables {
     pub endpoints_whole: usize,
     /// Endpoints in the partial tables sent.
     pub endpoints_sent: usize,
+    /// Task ids of endpoints gone, in the partial tables sent.
+    pub endpoints_gone: usize,
 }
 
 /// Measures [`NetworkTables`] on [`network_state`], and checks that both ways agree.
@@ -238,7 +240,14 @@ pub fn network_tables(n: usize, tasks: usize, networks: usize) -> anyhow::Result
         .iter()
         .enumerate()
         .filter_map(|(i, id)| {
-            netview::update(&last[i], port, &view.entries(id), port, true).map(|t| (i, t))
+            netview::update(
+                &last[i],
+                port,
+                &view.entries(id),
+                port,
+                netview::Changes::Endpoints,
+            )
+            .map(|t| (i, t))
         })
         .collect();
     let shared = t0.elapsed();
@@ -269,6 +278,11 @@ pub fn network_tables(n: usize, tasks: usize, networks: usize) -> anyhow::Result
             .iter()
             .flat_map(|(_, t)| &t.networks)
             .map(|n| n.endpoints.len())
+            .sum(),
+        endpoints_gone: sent
+            .iter()
+            .flat_map(|(_, t)| &t.networks)
+            .map(|n| n.gone_endpoints.len())
             .sum(),
     })
 }
@@ -504,11 +518,12 @@ pub async fn run(
         "tasks",
         "networks",
         "a task stops: every node's table by a scan (before)",
-        "one shared view, partial tables for the changed network's nodes (now)",
+        "one shared view, the changed endpoints to the changed network's nodes (now)",
         "speed-up",
         "tables sent",
         "endpoints in their whole tables (before)",
         "endpoints sent (now)",
+        "ids of endpoints gone sent (now)",
     ];
     // Every column is a number.
     let mut nets = (0..headers.len()).fold(Table::new(headers), |t, c| t.align(c, Align::Right));
@@ -528,6 +543,7 @@ pub async fn run(
             r.nodes_sent.to_string(),
             r.endpoints_whole.to_string(),
             r.endpoints_sent.to_string(),
+            r.endpoints_gone.to_string(),
         ]);
     }
     writeln!(out)?;

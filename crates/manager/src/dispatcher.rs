@@ -328,7 +328,7 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<Self::NetworksStream>, Status> {
         let peer = self.auth.node(&req)?;
         let ended = self.sessions.of(&peer.node_id, &req.get_ref().session_id)?;
-        let partial = req.get_ref().partial_tables;
+        let changes = netview::Changes::of(req.get_ref());
         // Subscribe before reading: no change can fall between the first table and the stream.
         let mut events = self.store.subscribe();
         let node_id = peer.node_id;
@@ -359,7 +359,7 @@ impl Dispatcher for DispatcherService {
                         let entries = view.entries(&node_id);
                         let port = view.data_path_port();
                         drop(view);
-                        let Some(table) = netview::update(&last, last_port, &entries, port, partial)
+                        let Some(table) = netview::update(&last, last_port, &entries, port, changes)
                         else {
                             continue;
                         };

@@ -157,30 +157,56 @@ pub fn table(entries: &[Arc<pb::NodeNetwork>], data_path_port: u32) -> pb::Netwo
     }
 }
 
+/// What an agent applies besides whole tables (`NetworksRequest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Whole tables only.
+    Whole,
+    /// Partial tables: the networks that changed, whole.
+    Networks,
+    /// Partial tables, and of a network the node had, only the endpoints that changed.
+    Endpoints,
+}
+
+impl Changes {
+    /// What an agent asked for.
+    pub fn of(req: &pb::NetworksRequest) -> Changes {
+        match (req.partial_tables, req.partial_endpoints) {
+            (false, _) => Changes::Whole,
+            (true, false) => Changes::Networks,
+            (true, true) => Changes::Endpoints,
+        }
+    }
+}
+
 /// What a node whose last table held `last` (at VXLAN port `last_port`) is sent now that its
-/// entries are `entries` (at `port`): `None` when none of its networks changed. With `partial`
-/// (the agent applies partial tables) and the same port, only the entries that changed and the
-/// ids of the networks it left; its whole table otherwise. Entries of views made one
+/// entries are `entries` (at `port`): `None` when none of its networks changed. With partial
+/// `changes` (what the agent applies) and the same port, only the entries that changed (with
+/// [`Changes::Endpoints`], of a network it had, only the endpoints that changed) and the ids of
+/// the networks it left; its whole table otherwise. Entries of views made one
 /// [`after`](NetView::after) the other differ by pointer exactly where they differ by value.
 pub fn update(
     last: &[Arc<pb::NodeNetwork>],
     last_port: u32,
     entries: &[Arc<pb::NodeNetwork>],
     port: u32,
-    partial: bool,
+    changes: Changes,
 ) -> Option<pb::NetworkTable> {
     if port == last_port && same_entries(entries, last) {
         return None;
     }
-    if !partial || port != last_port {
+    if changes == Changes::Whole || port != last_port {
         return Some(table(entries, port));
     }
     let before: HashMap<&str, &Arc<pb::NodeNetwork>> =
         last.iter().map(|e| (e.id.as_str(), e)).collect();
     let networks: Vec<pb::NodeNetwork> = entries
         .iter()
-        .filter(|e| !before.get(e.id.as_str()).is_some_and(|b| Arc::ptr_eq(b, e)))
-        .map(|e| (**e).clone())
+        .filter_map(|e| match before.get(e.id.as_str()) {
+            Some(b) if Arc::ptr_eq(b, e) => None,
+            Some(b) if changes == Changes::Endpoints => Some(endpoint_change(b, e)),
+            _ => Some((**e).clone()),
+        })
         .collect();
     let now: std::collections::HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let gone: Vec<String> = last
@@ -194,6 +220,44 @@ pub fn update(
         partial: true,
         gone,
     })
+}
+
+/// Network `now` as a change to `before`: its fields whole, its endpoints only those that are new
+/// or changed (by task id), and the task ids of those that left.
+fn endpoint_change(before: &pb::NodeNetwork, now: &pb::NodeNetwork) -> pb::NodeNetwork {
+    let old: HashMap<&str, &pb::Endpoint> = before
+        .endpoints
+        .iter()
+        .map(|e| (e.task_id.as_str(), e))
+        .collect();
+    let current: std::collections::HashSet<&str> =
+        now.endpoints.iter().map(|e| e.task_id.as_str()).collect();
+    pb::NodeNetwork {
+        id: now.id.clone(),
+        name: now.name.clone(),
+        vni: now.vni,
+        subnet: now.subnet.clone(),
+        gateway: now.gateway.clone(),
+        mtu: now.mtu,
+        internal: now.internal,
+        endpoints: now
+            .endpoints
+            .iter()
+            .filter(|e| old.get(e.task_id.as_str()) != Some(e))
+            .cloned()
+            .collect(),
+        services: now.services.clone(),
+        attachable: now.attachable,
+        labels: now.labels.clone(),
+        created_at: now.created_at.clone(),
+        endpoints_partial: true,
+        gone_endpoints: before
+            .endpoints
+            .iter()
+            .filter(|e| !current.contains(e.task_id.as_str()))
+            .map(|e| e.task_id.clone())
+            .collect(),
+    }
 }
 
 /// Whether two lists of entries are the same shared entries: entries of views made one
@@ -259,6 +323,8 @@ pub fn network_header(n: &Network) -> pb::NodeNetwork {
         attachable: n.spec.attachable,
         labels: n.spec.labels.clone().into_iter().collect(),
         created_at: crate::rfc3339_ms(n.meta.created_at_ms),
+        endpoints_partial: false,
+        gone_endpoints: Vec::new(),
     }
 }
 
@@ -586,10 +652,11 @@ mod tests {
         for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
             let (last, now) = (before.entries(n), after.entries(n));
             let on_c = now.iter().any(|e| e.id == "c");
-            let whole = update(&last, port, &now, port, false);
-            let partial = update(&last, port, &now, port, true);
+            let whole = update(&last, port, &now, port, Changes::Whole);
+            let partial = update(&last, port, &now, port, Changes::Networks);
+            let endpoints = update(&last, port, &now, port, Changes::Endpoints);
             if !on_c {
-                assert_eq!((whole, partial), (None, None), "{n}");
+                assert_eq!((whole, partial, endpoints), (None, None, None), "{n}");
                 continue;
             }
             assert_eq!(whole, Some(table(&now, port)), "{n}");
@@ -597,8 +664,18 @@ mod tests {
             assert!(partial.partial && partial.gone.is_empty(), "{n}");
             let ids: Vec<&str> = partial.networks.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(ids, ["c"], "{n}");
+            assert!(!partial.networks[0].endpoints_partial);
             // The agent's merge gives back what a scan gives.
             let merged = apply_table(Some(&table(&last, port)), partial).unwrap();
+            assert_eq!(merged, scan_node_table(&s, n), "{n}");
+            // With endpoint changes, network c carries only t02 leaving.
+            let endpoints = endpoints.unwrap();
+            let c = &endpoints.networks[0];
+            assert!(c.endpoints_partial && c.endpoints.is_empty(), "{n}: {c:?}");
+            assert_eq!(c.gone_endpoints, ["t02"], "{n}");
+            let c_now = now.iter().find(|e| e.id == "c").unwrap();
+            assert_eq!(c.services, c_now.services, "{n}");
+            let merged = apply_table(Some(&table(&last, port)), endpoints).unwrap();
             assert_eq!(merged, scan_node_table(&s, n), "{n}");
         }
         // Networks a node joins come whole, those it leaves by id; a new port sends all.
@@ -611,13 +688,16 @@ mod tests {
         let (a, b, c) = (e("a"), e("b"), e("c"));
         let last = vec![a.clone(), b.clone()];
         let now = vec![a.clone(), c.clone()];
-        let u = update(&last, port, &now, port, true).unwrap();
+        let u = update(&last, port, &now, port, Changes::Endpoints).unwrap();
         assert_eq!(u.networks, vec![(*c).clone()]);
         assert_eq!(u.gone, ["b"]);
         assert_eq!(u.data_path_port, port);
-        let u = update(&last, port, &last, port + 1, true).unwrap();
+        let u = update(&last, port, &last, port + 1, Changes::Endpoints).unwrap();
         assert!(!u.partial && u.networks.len() == 2, "{u:?}");
-        assert_eq!(update(&last, port, &last.clone(), port, true), None);
+        assert_eq!(
+            update(&last, port, &last.clone(), port, Changes::Endpoints),
+            None
+        );
     }
 
     #[test]
