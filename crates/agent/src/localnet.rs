@@ -340,15 +340,7 @@ mod tests {
     const ME: &str = "node1";
 
     fn record(id: &str, name: &str, network: NetworkMode, running: bool) -> ContainerRecord {
-        let mut r: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": id, "name": name, "image": "busybox", "image_id": "sha256:x",
-            "created": 0, "config": {}, "command": [], "network": "Bridge", "ports": [],
-            "mounts": [], "auto_remove": false, "stop_timeout": 10,
-            "state": {"status": "created", "pid": 0, "shim_pid": 0, "exit_code": 0,
-                      "oom_killed": false, "error": "", "started_at": 0, "finished_at": 0},
-        }))
-        .unwrap();
-        r.network = network;
+        let mut r = ContainerRecord::for_test(id, name, network);
         if running {
             r.state.status = Status::Running;
         }

@@ -303,15 +303,7 @@ mod tests {
     }
 
     fn record(network: NetworkMode, overlays: Vec<OverlayRequest>) -> ContainerRecord {
-        let mut r: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": "c0ffee00c0ffee00", "name": "web", "image": "busybox", "image_id": "sha256:x",
-            "created": 0, "config": {}, "command": [], "network": "Bridge", "ports": [],
-            "mounts": [], "auto_remove": false, "stop_timeout": 10,
-            "state": {"status": "created", "pid": 0, "shim_pid": 0, "exit_code": 0,
-                      "oom_killed": false, "error": "", "started_at": 0, "finished_at": 0},
-        }))
-        .unwrap();
-        r.network = network;
+        let mut r = ContainerRecord::for_test("c0ffee00c0ffee00", "web", network);
         r.overlays = overlays;
         r
     }

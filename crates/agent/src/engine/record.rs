@@ -124,6 +124,21 @@ impl OverlayRequest {
 }
 
 impl ContainerRecord {
+    /// A created (not running) container `name` with id `id` on `network`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, name: &str, network: NetworkMode) -> ContainerRecord {
+        let mut r: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "image": "busybox", "image_id": "sha256:x",
+            "created": 0, "config": {}, "command": [], "network": "Bridge", "ports": [],
+            "mounts": [], "auto_remove": false, "stop_timeout": 10,
+            "state": {"status": "created", "pid": 0, "shim_pid": 0, "exit_code": 0,
+                      "oom_killed": false, "error": "", "started_at": 0, "finished_at": 0},
+        }))
+        .expect("a record");
+        r.network = network;
+        r
+    }
+
     /// Moves a record of an older agent to this one's shape: the id of a standalone container's
     /// cluster address goes to its network (the last one, which `run --network` added).
     pub fn migrate(&mut self) {
