@@ -80,12 +80,16 @@ async fn node_networks(channel: &Channel) -> anyhow::Result<Option<Vec<Network>>
     }
 }
 
-/// Whether the daemon behind `channel` runs a worker node (a remote `--host` is a manager).
-async fn is_worker(channel: &Channel) -> bool {
-    LocalClient::new(channel.clone())
-        .info(InfoRequest {})
-        .await
-        .is_ok_and(|r| !r.into_inner().is_manager)
+/// The node behind `channel`: its id (empty for a remote `--host`) and whether it is a worker
+/// (a remote `--host` is a manager).
+async fn this_node(channel: &Channel) -> (String, bool) {
+    match LocalClient::new(channel.clone()).info(InfoRequest {}).await {
+        Ok(r) => {
+            let info = r.into_inner();
+            (info.node_id, !info.is_manager)
+        }
+        Err(_) => (String::new(), false),
+    }
 }
 
 /// "no such network: X" for an unknown network (as docker says it), the daemon's words otherwise.
@@ -126,7 +130,7 @@ pub async fn network_command(
             let filter = parse_filters(&filters)?;
             let node = node_networks(&channel).await?;
             // A worker shows its own view only, as Docker's do (and does so with no manager).
-            let cluster = if is_worker(&channel).await {
+            let cluster = if this_node(&channel).await.1 {
                 None
             } else {
                 Some(list_networks(control).await?)
@@ -149,14 +153,13 @@ pub async fn network_command(
             verbose,
         } => {
             wants_json(&format)?;
-            // `Containers` are this node's (as Docker shows them); unknown without a node.
-            let me = crate::commands::self_id(&channel).await;
+            // `Containers` are this node's (as Docker shows them); unknown without a node. A
+            // worker looks in its own view only; a manager in the cluster's, then in its own for
+            // the local networks.
+            let (me, worker) = this_node(&channel).await;
             let local_node = (!me.is_empty()).then_some(me);
             let mut found = Vec::new();
             let mut errors = Vec::new();
-            // A worker looks in its own view only; a manager in the cluster's, then in its own
-            // for the local networks.
-            let worker = is_worker(&channel).await;
             let node = node_networks(&channel).await?.unwrap_or_default();
             for key in &networks {
                 if !worker {
