@@ -72,6 +72,25 @@ fn fwd_rules(h: &Netns, cfg: &BridgeConfig) -> String {
     ])
 }
 
+/// Binds 0.0.0.0:80 in the current thread's namespace. The previous server's listener is closed
+/// before a second bind, but a process another test forks at that moment holds a copy of its fd
+/// until it execs: a bind in that window finds the port in use, so it is retried for a while.
+fn bind_80() -> TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind("0.0.0.0:80") {
+            Ok(l) => return l,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("bind :80 in the container: {e}"),
+        }
+    }
+}
+
 /// Serves one TCP connection on port 80 inside `ctr`: answers "hello" and reports the peer.
 fn serve_once(ctr: &Netns) -> mpsc::Receiver<SocketAddr> {
     let path = ctr.path();
@@ -79,7 +98,7 @@ fn serve_once(ctr: &Netns) -> mpsc::Receiver<SocketAddr> {
     let (peer_tx, peer_rx) = mpsc::channel();
     std::thread::spawn(move || {
         enter_netns(&path);
-        let listener = TcpListener::bind("0.0.0.0:80").expect("bind :80 in the container");
+        let listener = bind_80();
         ready_tx.send(()).unwrap();
         let (mut conn, peer) = listener.accept().expect("accept");
         conn.write_all(b"hello").unwrap();
